@@ -1,0 +1,39 @@
+"""HOPS: phantom stability monitoring and a DICOM processing node feeding Graphite."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "stability_collector" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="hops",
+    version=VERSION,
+    description="HOPS: MRI phantom stability monitoring and a MagickBox-style DICOM processing node, "
+                "feeding Graphite/Grafana",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["stability_collector", "stability_collector.*", "magickbox", "magickbox.*"]),
+    package_data={"stability_collector": ["data/graphite/*.conf"]},
+    install_requires=[
+        "watchdog>=3",
+        "tqdm>=4.60",
+        "tzdata; platform_system == 'Windows'",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "whisper>=1.1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "hops-stability = stability_collector.cli:main",
+            "magickbox = magickbox.cli:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+    ],
+)

@@ -1,0 +1,91 @@
+"""``hops-stability demo``: the whole stability pipeline on a laptop in one command.
+
+Starts a private carbon-cache (and graphite-web when installed) on loopback ports,
+generates the sample reports (the same files as ``sample_statfiles/``) into two scanner
+directories, runs one ingest pass and prints values read back from whisper.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+from .delivery import GraphiteAddress, GraphiteSender
+from .ingest import IngestSettings, Ingestor, ScannerSource
+from .localgraphite import GraphiteNotInstalled, LocalGraphite, whisper_value_at
+from .metrics import MetricLayout
+from .report import read_report
+from .samples import DEFAULT_SCANNERS, generate
+from .metrics import report_metrics
+
+_SPARK = "▁▂▃▄▅▆▇█"
+
+
+def _sparkline(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return "".join(_SPARK[min(7, int((v - lo) / span * 8))] for v in values)
+
+
+def run_demo(directory: str | None = None, serve: bool = False, web: bool = True) -> int:
+    base = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="hops-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    scanners_dir = base / "scanners"
+    if scanners_dir.exists():
+        shutil.rmtree(scanners_dir)
+    files = generate(scanners_dir)
+    print(f"generated {len(files)} sample reports under {scanners_dir}")
+    try:
+        graphite = LocalGraphite(base / "graphite", web=web)
+    except GraphiteNotInstalled as exc:
+        print(f"cannot run the demo: {exc}")
+        return 2
+    with graphite:
+        print(f"carbon-cache listening on {graphite.line_address}"
+              + (f", graphite-web on {graphite.web_url}" if web else ""))
+        sources = [ScannerSource(m.name, scanners_dir / m.name) for m in DEFAULT_SCANNERS]
+        layout = MetricLayout()
+        sender = GraphiteSender(GraphiteAddress.parse(graphite.line_address))
+        started = time.monotonic()
+        summary = Ingestor(sources, IngestSettings(layout), sender, trust_file_times=True).run_pass()
+        print(f"ingest pass: {summary.line()} in {time.monotonic() - started:.1f} s")
+        if summary.left_in_place:
+            for r in summary.left_in_place:
+                print("  ", r.describe())
+            return 1
+        print("\nRead back from whisper (summary.snr_mean per scan, oldest first):")
+        for source in sources:
+            archived = sorted((source.directory / "ingested").iterdir())
+            by_coil: dict[str, list[float]] = {}
+            for path in archived:
+                metrics = report_metrics(read_report(path), source.name, layout)
+                path_snr = layout.summary_path(source.name, metrics.report.channels, "snr_mean")
+                graphite.wait_for_whisper([path_snr])
+                value = None
+                for _ in range(50):
+                    value = whisper_value_at(graphite.whisper_path(path_snr), metrics.timestamp)
+                    if value is not None:
+                        break
+                    time.sleep(0.1)
+                if value is not None:
+                    by_coil.setdefault(path_snr, []).append(value)
+            for metric, values in by_coil.items():
+                print(f"  {metric}: {len(values)} scans, {min(values):.1f} .. {max(values):.1f}")
+                print(f"    {_sparkline(values)}")
+        if web:
+            target = "hops.stability.prisma1.32ch.summary.snr_mean"
+            query = urllib.parse.urlencode({"target": target, "from": "20250101", "until": "20260101",
+                                            "width": 900, "height": 350, "format": "png"})
+            print(f"\nGraph (graphite-web): {graphite.web_url}/render?{query}")
+            print(f"Browse all metrics:   {graphite.web_url}/")
+        if serve:
+            print("\nGraphite keeps running; press Ctrl-C to stop.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    print(f"\ndemo files kept in {base}")
+    return 0
