@@ -287,6 +287,15 @@ class MetricLayout:
         return paths
 
     def summary_path(self, scanner: str, channels: int, name: str) -> str:
+        key = (self, (scanner, channels, name))
+        cached = _SUMMARY_CACHE.get(key)
+        if cached is None:
+            if len(_SUMMARY_CACHE) > 4096:
+                _SUMMARY_CACHE.clear()
+            cached = _SUMMARY_CACHE[key] = self._summary_path(scanner, channels, name)
+        return cached
+
+    def _summary_path(self, scanner: str, channels: int, name: str) -> str:
         base = self._base_fields(scanner, channels)
         return _collapse(self.summary_template.format(
             section="summary", Section="summary", column=name, column_raw=name, slice="",
@@ -298,6 +307,7 @@ class MetricLayout:
 
 
 _PATH_CACHE: dict[tuple[MetricLayout, tuple[str, int, int]], list[str]] = {}
+_SUMMARY_CACHE: dict[tuple[MetricLayout, tuple[str, int, str]], str] = {}
 
 
 def _collapse(path: str) -> str:
