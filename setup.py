@@ -24,7 +24,9 @@ setup(
         "tzdata; platform_system == 'Windows'",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "whisper>=1.1"],
+        # diamond-next imports pkg_resources, which setuptools 81 removed
+        "diamond": ["diamond-next==5.0.0", "setuptools<81"],
+        "test": ["pytest>=7", "hypothesis>=6", "whisper>=1.1", "diamond-next==5.0.0", "setuptools<81"],
     },
     entry_points={
         "console_scripts": [

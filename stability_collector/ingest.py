@@ -16,13 +16,14 @@ the watcher all drive this same :class:`Ingestor`.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, ContextManager, Iterable, Sequence
 
 from .archive import ArchiveError, move_without_overwrite, quarantine
 from .delivery import DeliveryError, GraphiteSender
@@ -200,8 +201,13 @@ class Ingestor:
     watcher and the Diamond collector do) so settle observations accumulate."""
 
     def __init__(self, sources: Sequence[ScannerSource], settings: IngestSettings,
-                 sender: GraphiteSender, trust_file_times: bool = False):
+                 sender: GraphiteSender, trust_file_times: bool = False,
+                 on_delivered: Callable[[ReportMetrics], None] | None = None):
+        """``on_delivered`` is called with a report's metrics after Graphite confirmed
+        them and before the report is archived (the Diamond collector mirrors them to
+        Diamond's handlers there)."""
         self.sources = list(sources)
+        self.on_delivered = on_delivered
         self.settings = settings.validated()
         self.sender = sender
         self.tracker = SettleTracker(settings.settle_seconds, trust_file_times)
@@ -242,19 +248,24 @@ class Ingestor:
         return sorted(files, key=lambda p: p.name)
 
     # -- the pass --------------------------------------------------------------------
-    def run_pass(self, deadline: float | None = None) -> PassSummary:
+    def run_pass(self, deadline: float | None = None,
+                 report_guard: Callable[[], ContextManager[object]] = contextlib.nullcontext) -> PassSummary:
         """Process every candidate once.  ``deadline`` (``time.monotonic()`` value) cuts
-        the pass short between reports; unprocessed files are picked up next pass."""
+        the pass short between reports (at least one report is always processed);
+        unprocessed files are picked up next pass.
+        ``report_guard()`` wraps each report (the Diamond collector blocks its kill
+        signal there so a report is never interrupted half-way)."""
         summary = PassSummary()
         graphite_down: str | None = None
         present: set[Path] = set()
         for source in self.sources:
             for path in self.candidates(source):
                 present.add(path)
-                if deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and summary.results and time.monotonic() >= deadline:
                     summary.complete = False
                     break
-                result = self.process(source, path, skip_delivery_reason=graphite_down)
+                with report_guard():
+                    result = self.process(source, path, skip_delivery_reason=graphite_down)
                 if result.outcome is Outcome.UNDELIVERED and graphite_down is None:
                     graphite_down = result.detail
                 summary.results.append(result)
@@ -291,6 +302,8 @@ class Ingestor:
         except DeliveryError as exc:
             self._note(path, logging.WARNING, f"{path.name}: not delivered, will retry: {exc}")
             return ReportResult(source, path, Outcome.UNDELIVERED, str(exc))
+        if self.on_delivered is not None:
+            self.on_delivered(metrics)
         try:
             target = move_without_overwrite(path, path.parent / self.settings.archive_subdir)
         except ArchiveError as exc:

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+.venv/bin/python -m pip install -q --upgrade pip wheel
 spec="."
 [ -n "${1:-}" ] && spec=".[$1]"
 .venv/bin/python -m pip install -q -e "$spec"
