@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true",
                    help="keep Graphite running afterwards so you can open the graphs (Ctrl-C stops)")
     p.add_argument("--no-web", action="store_true", help="carbon-cache only, no graphite-web")
+    p.add_argument("--png", metavar="FILE", help="also save the SNR graph rendered by graphite-web to FILE")
     return top
 
 
@@ -220,7 +221,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.dir, serve=args.serve, web=not args.no_web)
+    return run_demo(args.dir, serve=args.serve, web=not args.no_web, png=args.png)
 
 
 COMMANDS = {"parse": cmd_parse, "ingest": cmd_ingest, "watch": cmd_watch, "replay": cmd_replay,

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from .delivery import GraphiteAddress, GraphiteSender
@@ -29,7 +30,8 @@ def _sparkline(values: list[float]) -> str:
     return "".join(_SPARK[min(7, int((v - lo) / span * 8))] for v in values)
 
 
-def run_demo(directory: str | None = None, serve: bool = False, web: bool = True) -> int:
+def run_demo(directory: str | None = None, serve: bool = False, web: bool = True,
+             png: str | None = None) -> int:
     base = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="hops-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     scanners_dir = base / "scanners"
@@ -75,11 +77,19 @@ def run_demo(directory: str | None = None, serve: bool = False, web: bool = True
                 print(f"  {metric}: {len(values)} scans, {min(values):.1f} .. {max(values):.1f}")
                 print(f"    {_sparkline(values)}")
         if web:
-            target = "hops.stability.prisma1.32ch.summary.snr_mean"
-            query = urllib.parse.urlencode({"target": target, "from": "20250101", "until": "20260101",
-                                            "width": 900, "height": 350, "format": "png"})
-            print(f"\nGraph (graphite-web): {graphite.web_url}/render?{query}")
+            query = urllib.parse.urlencode({
+                "target": "aliasByNode(hops.stability.*.*.summary.snr_mean, 2, 3)",
+                "title": "Phantom SNR (mean over slices), sample scanners 2025",
+                "from": "20250101", "until": "20260101", "width": 900, "height": 360, "format": "png",
+                "lineMode": "connected", "lineWidth": 2, "bgcolor": "white", "fgcolor": "black",
+                "majorGridLineColor": "#cccccc", "minorGridLineColor": "#eeeeee"})
+            url = f"{graphite.web_url}/render?{query}"
+            print(f"\nGraph (graphite-web): {url}")
             print(f"Browse all metrics:   {graphite.web_url}/")
+            if png:
+                with urllib.request.urlopen(url, timeout=120) as resp:
+                    Path(png).write_bytes(resp.read())
+                print(f"Graph saved to {png}")
         if serve:
             print("\nGraphite keeps running; press Ctrl-C to stop.")
             try:

@@ -8,6 +8,7 @@ loopback ports, and stops them by PID.  Nothing outside ``base_dir`` is touched.
 """
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import signal
@@ -53,8 +54,9 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
 
 
 def graphite_conf_text(name: str) -> str:
-    """The HOPS carbon config file ``name`` shipped in the package
-    (``storage-schemas.conf`` or ``storage-aggregation.conf``)."""
+    """The HOPS carbon config file ``name`` shipped in the package (``carbon.conf``,
+    ``storage-schemas.conf`` or ``storage-aggregation.conf``; ``deploy/graphite/`` links
+    to the same files)."""
     return resources.files("stability_collector").joinpath("data", "graphite", name).read_text()
 
 
@@ -132,36 +134,32 @@ class LocalGraphite:
         for d in (self.conf_dir, self.whisper_dir, self.log_dir / "webapp", self.storage / "lists",
                   self.base / "webconf"):
             d.mkdir(parents=True, exist_ok=True)
-        settings = {
+        # The shipped carbon.conf, with this instance's directories and loopback ports.
+        overrides = {
             "STORAGE_DIR": f"{self.storage}/",
             "LOCAL_DATA_DIR": f"{self.whisper_dir}/",
             "WHITELISTS_DIR": f"{self.storage}/lists/",
-            "CONF_DIR": f"{self.conf_dir}/",
             "LOG_DIR": f"{self.log_dir}/",
             "PID_DIR": f"{self.storage}/",
-            "USER": "",
-            "MAX_CACHE_SIZE": "inf",
-            "MAX_UPDATES_PER_SECOND": "inf",
-            "MAX_CREATES_PER_MINUTE": "inf",
             "LINE_RECEIVER_INTERFACE": "127.0.0.1",
             "LINE_RECEIVER_PORT": str(self.ports.line),
             "PICKLE_RECEIVER_INTERFACE": "127.0.0.1",
             "PICKLE_RECEIVER_PORT": str(self.ports.pickle),
             "CACHE_QUERY_INTERFACE": "127.0.0.1",
             "CACHE_QUERY_PORT": str(self.ports.cache_query),
-            "ENABLE_UDP_LISTENER": "False",
             "LOG_CREATES": "False",
-            "LOG_UPDATES": "False",
-            "LOG_LISTENER_CONN_SUCCESS": "False",
+            "MAX_UPDATES_PER_SECOND": "inf",   # tests read whisper right after sending
             "WHISPER_AUTOFLUSH": "True",
-            "WHISPER_SPARSE_CREATE": "True",
-            "WHISPER_FALLOCATE_CREATE": "False",
             "GRAPHITE_URL": self.web_url,
-            "ENABLE_TAGS": "False",
         }
-        settings.update(self.carbon_settings)
-        (self.conf_dir / "carbon.conf").write_text(
-            "[cache]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+        overrides.update(self.carbon_settings)
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str  # keep carbon's upper-case keys
+        parser.read_string(graphite_conf_text("carbon.conf"))
+        for key, value in overrides.items():
+            parser.set("cache", key, value)
+        with open(self.conf_dir / "carbon.conf", "w") as fh:
+            parser.write(fh)
         for name in ("storage-schemas.conf", "storage-aggregation.conf"):
             (self.conf_dir / name).write_text(graphite_conf_text(name))
         (self.base / "webconf" / "hops_graphite_settings.py").write_text(f"""\
@@ -284,3 +282,40 @@ def whisper_value_at(path: str | os.PathLike[str], timestamp: int) -> float | No
     slot = timestamp - timestamp % step
     index = (slot - start) // step
     return values[index] if 0 <= index < len(values) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m stability_collector.localgraphite``: run carbon-cache + graphite-web on
+    loopback in the foreground (``deploy/local/graphite.sh``) until Ctrl-C."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="graphite.sh", description=main.__doc__)
+    ap.add_argument("--dir", default=".hops-graphite", help="state directory (default .hops-graphite)")
+    ap.add_argument("--line-port", type=int, default=2003, help="carbon plaintext port (default 2003)")
+    ap.add_argument("--web-port", type=int, default=8080, help="graphite-web port (default 8080)")
+    ap.add_argument("--no-web", action="store_true", help="carbon-cache only")
+    args = ap.parse_args(argv)
+    graphite = LocalGraphite(args.dir, web=not args.no_web, line_port=args.line_port, web_port=args.web_port)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with graphite:
+        print(f"carbon-cache: {graphite.line_address} (plaintext), whisper files in {graphite.whisper_dir}")
+        if graphite.web:
+            print(f"graphite-web: {graphite.web_url}/")
+        print("Ctrl-C stops both.", flush=True)
+        while not stop:
+            time.sleep(0.5)
+            if graphite.carbon is not None and graphite.carbon.poll() is not None:
+                print("carbon-cache exited; see", graphite.log_dir)
+                return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

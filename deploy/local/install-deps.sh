@@ -2,11 +2,14 @@
 # Install the system packages HOPS needs on Debian 12 / Ubuntu 22.04+ (idempotent; quick
 # when everything is already there).  Runs apt-get as root, or through sudo.
 #   carbon-cache + whisper + graphite-web (gunicorn) - the Graphite the demo and tests use
+#   dcmtk                                            - the foreign DICOM peer in tests
+#   gearman-job-server gearman-tools                 - gearmand with its sqlite queue
 #   python3-venv                                     - the project's virtual environment
 set -euo pipefail
 PACKAGES=(
   python3 python3-venv python3-pip
   graphite-carbon graphite-web gunicorn
+  dcmtk gearman-job-server gearman-tools
   netcat-openbsd
 )
 missing=()
