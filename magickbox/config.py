@@ -1,0 +1,304 @@
+"""magickbox node configuration: embedded defaults, a TOML or YAML file, then flags.
+
+Validated at start-up; every error names the key (``dicom.port: expected an integer
+1-65535, found 'x'``).  All keys with their defaults::
+
+    node_name = "<host name>"          # metric path node: hops.magickbox.<node_name>.
+    data_dir = "<required: --data-dir>"
+    buckets_dir = "<data_dir>/buckets"
+    classify_rules = "<data_dir>/classifyRules.json"   # used if it exists
+
+    [dicom]
+    host = "0.0.0.0"
+    port = 11112
+    ae_title = "MAGICKBOX"             # the node's own AE title (also accepted as called AE)
+    extra_ae_titles = []               # more called AE titles to accept (no bucket)
+    quiet_seconds = 5.0                # study complete: associations ended + this long quiet
+    max_pdu = 131072
+    uid_grammar = "strict"             # or "lenient": allow leading zeros in UID components
+    fsync = true                       # durable writes (turn off only for throw-away tests)
+    spool_threshold_mb = 16            # larger data sets are spilled to disk while received
+    [dicom.access.<AETitle>]           # optional allow-list for one bucket
+    calling_ae_titles = ["SCANNER1"]
+    caller_ips = ["10.0.0.0/8"]
+    [dicom.tls]                        # optional DICOM TLS
+    cert = "node.pem"
+    key = "node.key"
+    ca = "ca.pem"                      # with require_client_cert = true: mutual TLS
+    require_client_cert = false
+
+    [http]
+    host = "127.0.0.1"
+    port = 8000
+
+    [graphite]
+    address = ""                       # HOST:PORT of carbon; empty: no node metrics
+    interval = 10                      # seconds between metric reports
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from stability_collector.delivery import GraphiteAddress
+from stability_collector.metrics import ConfigError, sanitize_node
+
+__all__ = ["NodeConfig", "DicomConfig", "TLSConfig", "AccessRule", "load_node_config", "ConfigError"]
+
+_AE_RE = re.compile(r"[\x20-\x7e]{1,16}")
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    calling_ae_titles: tuple[str, ...] = ()
+    caller_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def allows(self, calling_ae: str, ip: str) -> bool:
+        if self.calling_ae_titles and calling_ae.strip() not in self.calling_ae_titles:
+            return False
+        if self.caller_networks:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            if not any(addr in net for net in self.caller_networks):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class DicomConfig:
+    host: str = "0.0.0.0"
+    port: int = 11112
+    ae_title: str = "MAGICKBOX"
+    extra_ae_titles: tuple[str, ...] = ()
+    quiet_seconds: float = 5.0
+    max_pdu: int = 131072
+    uid_grammar: str = "strict"
+    fsync: bool = True
+    spool_threshold_mb: float = 16.0
+    access: Mapping[str, AccessRule] = field(default_factory=dict)
+    tls: TLSConfig | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path
+    node_name: str = field(default_factory=lambda: sanitize_node(socket.gethostname().split(".")[0]))
+    buckets_dir: Path | None = None
+    classify_rules: Path | None = None
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    graphite: GraphiteAddress | None = None
+    graphite_interval: float = 10.0
+
+    @property
+    def buckets_path(self) -> Path:
+        return self.buckets_dir or self.data_dir / "buckets"
+
+    @property
+    def classify_rules_path(self) -> Path | None:
+        if self.classify_rules is not None:
+            return self.classify_rules
+        default = self.data_dir / "classifyRules.json"
+        return default if default.exists() else None
+
+
+def _int(key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(str(value))
+        except ValueError:
+            raise ConfigError(key, f"expected an integer {lo}-{hi}, found {value!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(key, f"expected an integer {lo}-{hi}, found {value!r}")
+    return value
+
+
+def _float(key: str, value: Any, lo: float) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not number >= lo:
+        raise ConfigError(key, f"expected a number >= {lo:g}, found {value!r}")
+    return number
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(key, f"expected true or false, found {value!r}")
+
+
+def _str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, found {value!r}")
+    return value
+
+
+def _ae(key: str, value: Any) -> str:
+    text = _str(key, value).strip()
+    if not _AE_RE.fullmatch(text) or "\\" in text:
+        raise ConfigError(key, f"not a DICOM AE title (1-16 printable characters, no backslash): {value!r}")
+    return text
+
+
+def _list(key: str, value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list, found {value!r}")
+    return value
+
+
+def _table(key: str, value: Any, known: set[str]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a table, found {value!r}")
+    unknown = set(value) - known
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(f"{key}.{name}" if key else name, f"unknown setting; known: {', '.join(sorted(known))}")
+    return value
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid JSON: {exc}") from None
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path}: expected a table of settings at the top level")
+    return data
+
+
+def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -> NodeConfig:
+    """Validate a settings mapping (file content with flags merged in)."""
+    top = _table("", values, {"node_name", "data_dir", "buckets_dir", "classify_rules", "dicom", "http",
+                              "graphite"})
+    base = base_dir or Path.cwd()
+
+    def path(key: str, value: Any) -> Path:
+        p = Path(_str(key, value)).expanduser()
+        return p if p.is_absolute() else base / p
+
+    if "data_dir" not in top:
+        raise ConfigError("data_dir", "missing: give --data-dir DIR or set data_dir in the config file")
+    data_dir = path("data_dir", top["data_dir"])
+    node_name = sanitize_node(_str("node_name", top["node_name"])) if "node_name" in top else None
+    d = _table("dicom", top.get("dicom", {}), {"host", "port", "ae_title", "extra_ae_titles", "quiet_seconds",
+                                                "max_pdu", "uid_grammar", "fsync", "spool_threshold_mb", "access",
+                                                "tls"})
+    access = {}
+    for ae, rule in _table("dicom.access", d.get("access", {}), set(d.get("access", {}) or {})).items():
+        key = f"dicom.access.{ae}"
+        rule = _table(key, rule, {"calling_ae_titles", "caller_ips"})
+        nets = []
+        for i, net in enumerate(_list(f"{key}.caller_ips", rule.get("caller_ips", []))):
+            try:
+                nets.append(ipaddress.ip_network(_str(f"{key}.caller_ips", net), strict=False))
+            except ValueError:
+                raise ConfigError(f"{key}.caller_ips", f"not an IP address or network: {net!r}") from None
+        titles = tuple(_ae(f"{key}.calling_ae_titles", t) for t in _list(f"{key}.calling_ae_titles",
+                                                                          rule.get("calling_ae_titles", [])))
+        access[_ae("dicom.access", ae)] = AccessRule(titles, tuple(nets))
+    tls = None
+    if "tls" in d:
+        t = _table("dicom.tls", d["tls"], {"cert", "key", "ca", "require_client_cert"})
+        for k in ("cert", "key"):
+            if k not in t:
+                raise ConfigError(f"dicom.tls.{k}", "missing (both cert and key are needed for TLS)")
+        tls = TLSConfig(path("dicom.tls.cert", t["cert"]), path("dicom.tls.key", t["key"]),
+                        path("dicom.tls.ca", t["ca"]) if "ca" in t else None,
+                        _bool("dicom.tls.require_client_cert", t.get("require_client_cert", False)))
+        for k, p in (("cert", tls.cert), ("key", tls.key), ("ca", tls.ca)):
+            if p is not None and not p.is_file():
+                raise ConfigError(f"dicom.tls.{k}", f"file not found: {p}")
+        if tls.require_client_cert and tls.ca is None:
+            raise ConfigError("dicom.tls.ca", "needed when require_client_cert = true")
+    grammar = _str("dicom.uid_grammar", d.get("uid_grammar", "strict"))
+    if grammar not in ("strict", "lenient"):
+        raise ConfigError("dicom.uid_grammar", f"expected 'strict' or 'lenient', found {grammar!r}")
+    dicom = DicomConfig(
+        host=_str("dicom.host", d.get("host", "0.0.0.0")),
+        port=_int("dicom.port", d.get("port", 11112), 0, 65535),
+        ae_title=_ae("dicom.ae_title", d.get("ae_title", "MAGICKBOX")),
+        extra_ae_titles=tuple(_ae("dicom.extra_ae_titles", a) for a in _list("dicom.extra_ae_titles",
+                                                                              d.get("extra_ae_titles", []))),
+        quiet_seconds=_float("dicom.quiet_seconds", d.get("quiet_seconds", 5.0), 0.0),
+        max_pdu=_int("dicom.max_pdu", d.get("max_pdu", 131072), 0, 2**32 - 1),
+        uid_grammar=grammar,
+        fsync=_bool("dicom.fsync", d.get("fsync", True)),
+        spool_threshold_mb=_float("dicom.spool_threshold_mb", d.get("spool_threshold_mb", 16.0), 0.0),
+        access=access,
+        tls=tls,
+    )
+    h = _table("http", top.get("http", {}), {"host", "port"})
+    g = _table("graphite", top.get("graphite", {}), {"address", "interval"})
+    address = _str("graphite.address", g.get("address", ""))
+    kwargs: dict[str, Any] = {}
+    if node_name:
+        kwargs["node_name"] = node_name
+    return NodeConfig(
+        data_dir=data_dir,
+        buckets_dir=path("buckets_dir", top["buckets_dir"]) if "buckets_dir" in top else None,
+        classify_rules=path("classify_rules", top["classify_rules"]) if "classify_rules" in top else None,
+        dicom=dicom,
+        http_host=_str("http.host", h.get("host", "127.0.0.1")),
+        http_port=_int("http.port", h.get("port", 8000), 0, 65535),
+        graphite=GraphiteAddress.parse(address, "graphite.address") if address else None,
+        graphite_interval=_float("graphite.interval", g.get("interval", 10.0), 0.5),
+        **kwargs,
+    )
+
+
+def load_node_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> NodeConfig:
+    """Defaults ← file ← ``overrides`` (dotted keys like ``"dicom.port"`` from flags)."""
+    values: dict[str, Any] = load_file(path) if path else {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        target = values
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = value
+    base = Path(path).resolve().parent if path else Path.cwd()
+    if overrides and overrides.get("data_dir") is not None:
+        values["data_dir"] = str(Path(overrides["data_dir"]).resolve())
+    return build_node_config(values, base)
+
+
+def with_overrides(config: NodeConfig, **changes: Any) -> NodeConfig:
+    return replace(config, **changes)

@@ -1,0 +1,236 @@
+"""The node's embedded SQLite store: pending studies and job records.
+
+``<data>/magickbox.sqlite`` (WAL, ``synchronous=FULL``).  The job table is the truth
+about every processing run: status moves ``queued → running → success | failed |
+partial | timeout | cancelled`` with times, worker, exit code and log size.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["Database", "Job", "PendingStudy", "JOB_STATUSES", "FINAL_STATUSES"]
+
+JOB_STATUSES = ("queued", "running", "success", "failed", "partial", "timeout", "cancelled")
+FINAL_STATUSES = ("success", "failed", "partial", "timeout", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending_studies (
+    key TEXT PRIMARY KEY,
+    called_ae TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    caller_ip TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    open_associations INTEGER NOT NULL DEFAULT 0,
+    instances INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    bucket_ae TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    caller_ip TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT 'dicom',
+    received REAL NOT NULL,
+    completed REAL NOT NULL,
+    series_count INTEGER NOT NULL,
+    instance_count INTEGER NOT NULL,
+    classification TEXT NOT NULL DEFAULT '{}',
+    follow_up_of INTEGER,
+    status TEXT NOT NULL DEFAULT 'queued',
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    worker TEXT,
+    exit_code INTEGER,
+    log_size INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    bucket_version TEXT,
+    run_token TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_uid, bucket_ae);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+"""
+
+
+@dataclass(frozen=True)
+class PendingStudy:
+    key: str
+    called_ae: str
+    calling_ae: str
+    caller_ip: str
+    study_uid: str
+    first_received: float
+    last_received: float
+    open_associations: int
+    instances: int
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    bucket_ae: str
+    calling_ae: str
+    caller_ip: str
+    study_uid: str
+    source: str
+    received: float
+    completed: float
+    series_count: int
+    instance_count: int
+    classification: dict[str, list[str]]
+    follow_up_of: int | None
+    status: str
+    created: float
+    started: float | None
+    finished: float | None
+    worker: str | None
+    exit_code: int | None
+    log_size: int
+    message: str
+    attempts: int
+    bucket_version: str | None
+    run_token: str | None = field(default=None, repr=False)
+
+    def info_json(self) -> dict[str, Any]:
+        """What MagickBox's ``info.json`` carried for a job, plus the HOPS counts."""
+        return {
+            "AETitleCalled": self.bucket_ae,
+            "AETitleCaller": self.calling_ae,
+            "CallerIP": self.caller_ip,
+            "received": time.strftime("%a %b %d %H:%M:%S %Z %Y", time.localtime(self.received)),
+            "receivedEpoch": self.received,
+            "StudyInstanceUID": self.study_uid,
+            "job": self.id,
+            "series": self.series_count,
+            "instances": self.instance_count,
+            "ClassifyTypes": self.classification,
+            "followUpOf": self.follow_up_of,
+            "source": self.source,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "run_token"}
+        return d
+
+
+def study_key(called_ae: str, calling_ae: str, study_uid: str) -> str:
+    return f"{called_ae}\x1f{calling_ae}\x1f{study_uid}"
+
+
+class Database:
+    """Thread-safe access to the node's SQLite file (one connection, one lock)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> list[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                results = [cur.execute(sql, args) for sql, args in statements]
+                cur.execute("COMMIT")
+                return results
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._conn.execute(sql, args)
+
+    # -- pending studies -------------------------------------------------------------
+    def upsert_pending(self, key: str, called: str, calling: str, ip: str, study: str, now: float,
+                       new_association: bool) -> None:
+        """Durably record that a study is being received (before the first instance of
+        it in an association is acknowledged)."""
+        self._tx([(
+            "INSERT INTO pending_studies (key, called_ae, calling_ae, caller_ip, study_uid, first_received,"
+            " last_received, open_associations, instances) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"
+            " ON CONFLICT(key) DO UPDATE SET last_received = excluded.last_received,"
+            " open_associations = open_associations + ?",
+            (key, called, calling, ip, study, now, now, 1 if new_association else 0, 1 if new_association else 0))])
+
+    def touch_pending(self, updates: dict[str, tuple[float, int]]) -> None:
+        """Batch update of last_received and the instance count."""
+        if updates:
+            self._tx([("UPDATE pending_studies SET last_received = max(last_received, ?), instances = instances + ?"
+                       " WHERE key = ?", (t, n, k)) for k, (t, n) in updates.items()])
+
+    def association_ended(self, keys: Iterable[str], now: float) -> None:
+        self._tx([("UPDATE pending_studies SET open_associations = max(open_associations - 1, 0),"
+                   " last_received = max(last_received, ?) WHERE key = ?", (now, k)) for k in keys])
+
+    def reset_open_associations(self) -> int:
+        """At start-up: associations of a previous process are gone."""
+        return self._tx([("UPDATE pending_studies SET open_associations = 0", ())])[0].rowcount
+
+    def pending(self) -> list[PendingStudy]:
+        rows = self.execute("SELECT * FROM pending_studies ORDER BY first_received").fetchall()
+        return [PendingStudy(**dict(r)) for r in rows]
+
+    def complete_study(self, pending: PendingStudy, now: float, series_count: int, instance_count: int,
+                       classification: dict[str, list[str]]) -> Job | None:
+        """Turn a pending study into a job (or drop it when nothing was archived), in one
+        transaction.  A study already processed for the same caller and bucket becomes a
+        follow-up job over the whole study."""
+        with self._lock:
+            previous = self.execute(
+                "SELECT max(id) FROM jobs WHERE bucket_ae = ? AND calling_ae = ? AND study_uid = ?",
+                (pending.called_ae, pending.calling_ae, pending.study_uid)).fetchone()[0]
+            if instance_count == 0:
+                self._tx([("DELETE FROM pending_studies WHERE key = ?", (pending.key,))])
+                return None
+            cur = self._tx([
+                ("INSERT INTO jobs (bucket_ae, calling_ae, caller_ip, study_uid, source, received, completed,"
+                 " series_count, instance_count, classification, follow_up_of, status, created)"
+                 " VALUES (?, ?, ?, ?, 'dicom', ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                 (pending.called_ae, pending.calling_ae, pending.caller_ip, pending.study_uid,
+                  pending.first_received, now, series_count, instance_count, json.dumps(classification),
+                  previous, now)),
+                ("DELETE FROM pending_studies WHERE key = ?", (pending.key,)),
+            ])[0]
+            return self.job(cur.lastrowid)
+
+    def drop_pending(self, key: str) -> None:
+        self._tx([("DELETE FROM pending_studies WHERE key = ?", (key,))])
+
+    # -- jobs ------------------------------------------------------------------------
+    @staticmethod
+    def _job(row: sqlite3.Row) -> Job:
+        d = dict(row)
+        d["classification"] = json.loads(d["classification"] or "{}")
+        return Job(**d)
+
+    def job(self, job_id: int) -> Job | None:
+        row = self.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._job(row) if row else None
+
+    def jobs(self, status: str | None = None, limit: int = 1000) -> list[Job]:
+        if status:
+            rows = self.execute("SELECT * FROM jobs WHERE status = ? ORDER BY id DESC LIMIT ?", (status, limit))
+        else:
+            rows = self.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+        return [self._job(r) for r in rows.fetchall()]
+
+    def count_jobs(self, status: str) -> int:
+        return self.execute("SELECT count(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]

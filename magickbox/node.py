@@ -1,0 +1,106 @@
+"""A magickbox node: wires the stages together and runs them in one process.
+
+receive (:mod:`.receiver`) → archive (:mod:`.store`) → classify (:mod:`.series`) →
+complete (:mod:`.studies`) → job record (:mod:`.db`); node metrics
+(:mod:`.telemetry`) and a read-only status API (:mod:`.web`).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Callable
+
+from . import node_metrics as nm
+from .buckets import BucketRegistry
+from .classify import ClassifyRules
+from .config import NodeConfig
+from .db import Database, Job
+from .dicomio import HeaderReader
+from .receiver import StorageReceiver
+from .series import SeriesRecords
+from .store import DicomArchive
+from .studies import StudyTracker
+from .telemetry import NodeTelemetry
+
+__all__ = ["Node"]
+
+log = logging.getLogger("magickbox.node")
+
+
+class Node:
+    """Validate everything at construction (bad buckets, rules or config raise), then
+    :meth:`start` / :meth:`stop`, or :meth:`run` until SIGTERM/SIGINT."""
+
+    def __init__(self, config: NodeConfig, on_job: Callable[[Job], None] | None = None):
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = BucketRegistry(config.buckets_path)
+        self.registry.load()
+        rules_path = config.classify_rules_path
+        self.rules = ClassifyRules.load(rules_path) if rules_path else ClassifyRules.empty()
+        self.archive = DicomArchive(config.data_dir, fsync=config.dicom.fsync)
+        self.db = Database(config.data_dir / "magickbox.sqlite")
+        self.series = SeriesRecords(config.data_dir, self.rules)
+        self.telemetry = NodeTelemetry(config.node_name, config.graphite, config.graphite_interval, gauges={
+            nm.QUEUE_LENGTH: lambda: self.db.count_jobs("queued"),
+            nm.JOBS_RUNNING: lambda: self.db.count_jobs("running"),
+        })
+        self._on_job_hooks: list[Callable[[Job], None]] = [on_job] if on_job else []
+        self.tracker = StudyTracker(self.db, self.archive, self.series, config.dicom.quiet_seconds,
+                                    on_job=self._job_created, makes_jobs=self._makes_jobs)
+        self.receiver = StorageReceiver(config, self.archive, self.registry, self.tracker, self.series,
+                                        HeaderReader(self.rules.dicom_tags()), self.telemetry)
+        self.web = None
+        self.dicom_port: int | None = None
+        self.http_port: int | None = None
+        self._stopped = threading.Event()
+
+    def _makes_jobs(self, called_ae: str) -> bool:
+        return self.registry.by_ae_title(called_ae) is not None
+
+    def _job_created(self, job: Job) -> None:
+        self.telemetry.count(nm.STUDIES_COMPLETED)
+        for hook in self._on_job_hooks:
+            hook(job)
+
+    def start(self) -> None:
+        removed = self.archive.remove_partial_files()
+        if removed:
+            log.info("removed %d partial file(s) left by an interrupted write", removed)
+        self.tracker.recover()
+        self.tracker.start()
+        self.telemetry.start()
+        self.dicom_port = self.receiver.start()
+        from .web import StatusServer
+        self.web = StatusServer(self, self.config.http_host, self.config.http_port)
+        self.http_port = self.web.start()
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.receiver.stop()
+        if self.web is not None:
+            self.web.stop()
+        self.tracker.stop()
+        self.telemetry.stop()
+        self.db.close()
+
+    def run(self) -> None:
+        stop = threading.Event()
+
+        def _signal(signum: int, _frame: object) -> None:
+            log.info("signal %d: shutting down", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _signal)
+        signal.signal(signal.SIGINT, _signal)
+        self.start()
+        print(f"magickbox node {self.config.node_name}: DICOM on port {self.dicom_port}, "
+              f"HTTP on port {self.http_port}, data in {Path(self.config.data_dir).resolve()}", flush=True)
+        try:
+            stop.wait()
+        finally:
+            self.stop()

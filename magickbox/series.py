@@ -1,0 +1,157 @@
+"""Series records: MagickBox's ``views/raw/<StudyUID>/<SeriesUID>.json``.
+
+One JSON object per series with its series-level DICOM tags (values as text, multi-valued
+elements as lists, like MagickBox), ``NumFiles`` (instances archived, as text) and
+``ClassifyType`` (the types from ``classifyRules.json``).  Updated after every archived
+instance and replaced atomically (write to a temporary file, rename), so a reader never
+sees a half-written record.  Records are derived data: ``rebuild`` recreates them from
+the archive.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pydicom.multival import MultiValue
+
+from .classify import ClassifyRules, instance_lookup
+
+__all__ = ["SeriesRecords", "SERIES_TAGS", "record_value"]
+
+#: Series-level tags copied from the first instance of a series (keyword -> record key).
+SERIES_TAGS = {
+    "StudyInstanceUID": "StudyInstanceUID",
+    "SeriesInstanceUID": "SeriesInstanceUID",
+    "SOPClassUID": "SOPClassUID",
+    "Modality": "Modality",
+    "Manufacturer": "Manufacturer",
+    "ManufacturerModelName": "ManufacturerModelName",
+    "StationName": "StationName",
+    "StudyDate": "StudyDate",
+    "StudyTime": "StudyTime",
+    "StudyDescription": "StudyDescription",
+    "SeriesDate": "SeriesDate",
+    "SeriesTime": "SeriesTime",
+    "SeriesDescription": "SeriesDescription",
+    "SeriesNumber": "SeriesNumber",
+    "ProtocolName": "ProtocolName",
+    "BodyPartExamined": "BodyPartExamined",
+    "MagneticFieldStrength": "MagneticFieldStrength",
+    "EchoTime": "EchoTime",
+    "RepetitionTime": "RepetitionTime",
+    "InversionTime": "InversionTime",
+    "FlipAngle": "FlipAngle",
+    "SliceThickness": "SliceThickness",
+    "SpacingBetweenSlices": "SliceSpacing",
+    "PixelSpacing": "PixelSpacing",
+    "Rows": "Rows",
+    "Columns": "Columns",
+    "ImageOrientationPatient": "ImageOrientationPatient",
+    "PatientID": "PatientID",
+    "PatientName": "PatientName",
+}
+
+
+def record_value(value: Any) -> Any:
+    """A DICOM value the way MagickBox's records hold it: text, or a list of text."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip("\x00 ")
+    if isinstance(value, (MultiValue, list, tuple)):
+        return [str(v) for v in value]
+    return str(value)          # str, numbers, PersonName, DSfloat ...
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class SeriesRecords:
+    """Keeps the series records of ``<data>/views/raw`` current.  Thread-safe."""
+
+    def __init__(self, data_dir: Path, rules: ClassifyRules):
+        self.root = Path(data_dir) / "views" / "raw"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.rules = rules
+        self._records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def path(self, study: str, series: str) -> Path:
+        return self.root / study / f"{series}.json"
+
+    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = self._locks[key] = threading.Lock()
+            return lock
+
+    def _load(self, study: str, series: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path(study, series).read_text())
+            return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def update(self, study: str, series: str, dataset: Any, new_file: bool) -> list[str]:
+        """Account for one archived instance (``dataset``: its header as a pydicom
+        Dataset); returns the series' ClassifyType."""
+        key = (study, series)
+        with self._lock(key):
+            record = self._records.get(key) or self._load(study, series)
+            if record is None:
+                record = {"NumFiles": "0", "ClassifyType": []}
+                for keyword, name in SERIES_TAGS.items():
+                    elem = dataset.get(keyword) if hasattr(dataset, "get") else None
+                    if elem is not None:
+                        record[name] = record_value(elem)
+            if new_file:
+                record["NumFiles"] = str(int(record.get("NumFiles", "0") or 0) + 1)
+            record["ClassifyType"] = self.rules.evaluate(record, instance_lookup(dataset))
+            (self.root / study).mkdir(exist_ok=True)
+            _write_json_atomic(self.path(study, series), record)
+            self._records[key] = record
+            if len(self._records) > 2048:
+                self._records.clear()
+            return list(record["ClassifyType"])
+
+    def study_classification(self, study: str) -> dict[str, list[str]]:
+        """{SeriesInstanceUID: ClassifyType} of a study's records."""
+        out = {}
+        directory = self.root / study
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.json")):
+                try:
+                    data = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                out[path.stem] = list(data.get("ClassifyType", []))
+        return out
+
+    def forget_study(self, study: str) -> None:
+        with self._guard:
+            for key in [k for k in self._records if k[0] == study]:
+                del self._records[key]
+
+    def rebuild(self, archive_root: Path, read_header: Callable[[Path], Any]) -> int:
+        """Recreate every record from the archive (after a rules change)."""
+        count = 0
+        for study_dir in sorted(p for p in archive_root.iterdir() if p.is_dir()):
+            for series_dir in sorted(p for p in study_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                target = self.path(study_dir.name, series_dir.name)
+                if target.exists():
+                    target.unlink()
+                self._records.pop((study_dir.name, series_dir.name), None)
+                for f in sorted(series_dir.glob("*.dcm")):
+                    self.update(study_dir.name, series_dir.name, read_header(f), True)
+                    count += 1
+        return count

@@ -1,0 +1,179 @@
+"""Helpers for DICOM tests: generated studies, dcmtk as the foreign peer, and a
+``magickbox serve`` process on free loopback ports (stopped by PID)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from stability_collector.localgraphite import free_port, wait_for_port
+
+MAGICKBOX = shutil.which("magickbox", path=os.path.dirname(sys.executable)) or "magickbox"
+
+#: storescu flag proposing a file's (compressed) transfer syntax
+STORESCU_TS_FLAGS = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.57": "-xs",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+
+def make_study(directory: Path, count: int, study_uid: str | None = None, series_per_study: int = 1,
+               template: str = "MR_small.dcm", **tags: object) -> list[Path]:
+    """``count`` instances (copies of a pydicom test file with fresh UIDs) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    base = pydicom.dcmread(get_testdata_file(template))
+    if (0xFFFC, 0xFFFC) in base:       # dcmtk drops trailing padding when sending
+        del base[0xFFFCFFFC]
+    study_uid = study_uid or generate_uid()
+    series_uids = [generate_uid() for _ in range(series_per_study)]
+    files = []
+    for i in range(count):
+        ds = base.copy()
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uids[i % series_per_study]
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        for key, value in tags.items():
+            setattr(ds, key, value)
+        path = directory / f"img{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+def storescu(port: int, called: str, files: list[Path] | list[str], calling: str = "SCANNER",
+             extra: list[str] | None = None, check: bool = True, timeout: float = 300,
+             env_nodelay: bool = True) -> subprocess.CompletedProcess:
+    args = ["storescu", "-v", "-aet", calling, "-aec", called, *(extra or []), "127.0.0.1", str(port),
+            *map(str, files)]
+    env = dict(os.environ, TCP_NODELAY="1") if env_nodelay else None
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"storescu failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set of a DICOM file, after its File Meta Information."""
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        meta_end = 132 + 12 + ds.file_meta.FileMetaInformationGroupLength
+    return path.read_bytes()[meta_end:]
+
+
+def write_bucket(buckets_dir: Path, ae_title: str, enabled: bool = True, name: str | None = None, **extra: object) -> Path:
+    directory = buckets_dir / (name or ae_title.lower())
+    directory.mkdir(parents=True, exist_ok=True)
+    info = {"name": name or ae_title, "description": f"test bucket {ae_title}", "version": "1.0",
+            "AETitle": ae_title, "license": "MIT", "enabled": 1 if enabled else 0, **extra}
+    (directory / "info.json").write_text(json.dumps(info))
+    return directory
+
+
+class MagickboxProcess:
+    """``magickbox serve`` in a subprocess with its own data dir and free ports."""
+
+    def __init__(self, data_dir: Path, quiet_seconds: float = 1.0, config: dict | None = None,
+                 extra_args: list[str] | None = None):
+        self.data_dir = data_dir
+        self.quiet_seconds = quiet_seconds
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.config = config
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+
+    def start(self, wait: bool = True) -> "MagickboxProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [MAGICKBOX, "serve", "--data-dir", str(self.data_dir), "--dicom-port", str(self.dicom_port),
+                "--dicom-host", "127.0.0.1", "--http-port", str(self.http_port),
+                "--quiet-seconds", str(self.quiet_seconds), "--node-name", "testnode", *self.extra_args]
+        if self.config is not None:
+            import tomllib  # noqa: F401  (config written as TOML below)
+            cfg = self.data_dir.parent / f"{self.data_dir.name}.toml"
+            cfg.write_text(_toml(self.config))
+            args += ["--config", str(cfg)]
+        self.proc = subprocess.Popen(args, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        if wait:
+            wait_for_port(self.dicom_port, proc=self.proc, what="magickbox", log=self.log_path)
+            wait_for_port(self.http_port, proc=self.proc, what="magickbox http", log=self.log_path)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def api(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as resp:
+            return json.load(resp)
+
+    def jobs(self) -> list[dict]:
+        return sorted(self.api("/api/jobs"), key=lambda j: j["id"])
+
+    def wait_jobs(self, count: int, timeout: float = 60) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        jobs: list[dict] = []
+        while time.monotonic() < deadline:
+            jobs = self.jobs()
+            if len(jobs) >= count:
+                return jobs
+            time.sleep(0.2)
+        raise AssertionError(f"expected {count} job(s), have {len(jobs)}: {jobs}\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def archived(self) -> list[Path]:
+        root = self.data_dir / "archive"
+        return sorted(p for p in root.rglob("*.dcm") if ".superseded" not in p.parts)
+
+
+def _toml(data: dict, prefix: str = "") -> str:
+    scalars = []
+    tables = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            scalars.append(f"{key} = {json.dumps(value)}")
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for key, value in tables:
+        name = f"{prefix}.{key}" if prefix else key
+        out += f"\n[{name}]\n" + _toml(value, name)
+    return out
