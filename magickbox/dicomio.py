@@ -8,15 +8,17 @@ Raises :class:`HeaderError` for anything that is not a readable DICOM data set.
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 from pathlib import Path
 from typing import Iterable
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.filereader import read_dataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 from .series import SERIES_TAGS
 from .store import SpoolBuffer
@@ -35,6 +37,82 @@ class HeaderError(ValueError):
     """The received bytes are not a readable DICOM data set."""
 
 
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UID_TAGS = (0x00080018, 0x0020000D, 0x0020000E)   # SOP Instance, Study, Series UID
+
+
+class _NeedMore(Exception):
+    """The scan ran past the bytes it was given."""
+
+
+def _scan(data: bytes, implicit: bool, little: bool, wanted: frozenset[int], max_tag: int,
+          ) -> list[RawDataElement]:
+    """Walk the top-level elements of an uncompressed-header data set and return the raw
+    elements whose tags are in ``wanted``; stops after ``max_tag`` or at Pixel Data.
+    Sequences (also of undefined length) are skipped.  Raises :class:`_NeedMore` when
+    ``data`` ends inside the header and ``ValueError`` on malformed structure."""
+    order = "<" if little else ">"
+    tag_fmt = struct.Struct(order + "HH")
+    u16 = struct.Struct(order + "H")
+    u32 = struct.Struct(order + "I")
+    end = len(data)
+    found: list[RawDataElement] = []
+
+    def header(pos: int) -> tuple[int, bytes | None, int, int]:
+        if pos + 8 > end:
+            raise _NeedMore
+        group, elem = tag_fmt.unpack_from(data, pos)
+        tag = (group << 16) | elem
+        if implicit or group == 0xFFFE:
+            return tag, None, u32.unpack_from(data, pos + 4)[0], pos + 8
+        vr = data[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > end:
+                raise _NeedMore
+            return tag, vr, u32.unpack_from(data, pos + 8)[0], pos + 12
+        return tag, vr, u16.unpack_from(data, pos + 6)[0], pos + 8
+
+    def skip_undefined(pos: int) -> int:
+        """``pos`` is just after an undefined-length element header; return the position
+        after its sequence delimitation item."""
+        while True:
+            tag, _, length, pos = header(pos)
+            if tag == _SEQ_END:
+                return pos
+            if tag != _ITEM:
+                raise ValueError(f"expected an item in a sequence, found tag {tag:08X}")
+            if length != _UNDEFINED:
+                pos += length
+                continue
+            while True:               # an item of undefined length: its elements, then ItemEnd
+                tag, _, length, pos = header(pos)
+                if tag == _ITEM_END:
+                    break
+                pos = skip_undefined(pos) if length == _UNDEFINED else pos + length
+
+    pos = 0
+    while pos < end:
+        start = pos
+        tag, vr, length, pos = header(pos)
+        if tag > max_tag or tag == _PIXEL_DATA:
+            break
+        if length == _UNDEFINED:
+            pos = skip_undefined(pos)
+            continue
+        if pos + length > end:
+            if tag in wanted:
+                raise _NeedMore
+            pos += length
+            continue
+        if tag in wanted:
+            found.append(RawDataElement(BaseTag(tag), vr.decode("ascii") if vr else None, length,
+                                        data[pos:pos + length], start, implicit, little))
+        pos += length
+    return found
+
+
 class HeaderReader:
     """Parses headers for a fixed set of tags (base UIDs, series tags, ``extra_tags``)."""
 
@@ -43,11 +121,37 @@ class HeaderReader:
         tags |= {Tag(g, e) for g, e in extra_tags}
         self.tags = sorted(tags)
         self.max_tag = max(self.tags)
+        self._wanted = frozenset(int(t) for t in self.tags)
 
     def _stop(self, tag: int, vr: str | None, length: int) -> bool:
         return tag > self.max_tag or tag == _PIXEL_DATA
 
     def read(self, buffer: SpoolBuffer | bytes, transfer_syntax: str) -> Dataset:
+        """The header as a pydicom Dataset (values converted lazily on access)."""
+        if transfer_syntax != DEFLATED:
+            implicit = transfer_syntax == IMPLICIT_LE
+            little = transfer_syntax != EXPLICIT_BE
+            for size in (65536, None):
+                if size is None:
+                    data = buffer.getvalue() if isinstance(buffer, SpoolBuffer) else buffer
+                else:
+                    data = buffer.head(size) if isinstance(buffer, SpoolBuffer) else buffer[:size]
+                try:
+                    elements = _scan(data, implicit, little, self._wanted, int(self.max_tag))
+                except _NeedMore:
+                    if size is None or len(data) < size:
+                        break          # truncated: let pydicom explain below
+                    continue
+                except (ValueError, struct.error):
+                    break
+                if sum(1 for e in elements if e.tag in _UID_TAGS) < len(_UID_TAGS):
+                    break              # odd encoding (e.g. VR mismatch): pydicom copes better
+                ds = Dataset({e.tag: e for e in elements})
+                ds.set_original_encoding(implicit, little)
+                return ds
+        return self._read_with_pydicom(buffer, transfer_syntax)
+
+    def _read_with_pydicom(self, buffer: SpoolBuffer | bytes, transfer_syntax: str) -> Dataset:
         if isinstance(buffer, SpoolBuffer):
             if buffer.spilled:
                 fh = buffer.spool_file()

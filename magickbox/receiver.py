@@ -31,6 +31,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom import dimse_messages
 from pynetdicom.sop_class import Verification
 
+from . import fastpath
 from . import node_metrics as nm
 from .buckets import BucketRegistry
 from .config import NodeConfig
@@ -65,6 +66,17 @@ def _spooling_init(self: Any) -> None:
 
 
 dimse_messages.DIMSEMessage.__init__ = _spooling_init  # type: ignore[method-assign]
+
+
+def _raw_text(dataset: Any, tag: int) -> str:
+    """A UID element's text without pydicom's conversion (validated by us instead)."""
+    elem = dataset.get_item(tag) if tag in dataset else None
+    if elem is None:
+        return ""
+    value = elem.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1").rstrip("\x00 ")
+    return "" if value is None else str(value).rstrip("\x00 ")
 
 
 class StorageReceiver:
@@ -103,6 +115,7 @@ class StorageReceiver:
         threshold = int(self.config.dicom.spool_threshold_mb * 1024 * 1024)
         _spool_factory = lambda: self.archive.new_spool(threshold)  # noqa: E731
         _config.LOG_HANDLER_LEVEL = "none"          # pynetdicom's own logging can show patient data
+        fastpath.apply()
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         ae = AE(ae_title=self.config.dicom.ae_title)
         ae.maximum_pdu_size = self.config.dicom.max_pdu
@@ -167,6 +180,7 @@ class StorageReceiver:
         with self._peers_lock:
             known = self._peers.pop(event.assoc, None)
         if known is not None:
+            self.series.flush()
             self.tracker.association_ended(event.assoc)
 
     def _on_echo(self, event: Any) -> int:
@@ -199,16 +213,17 @@ class StorageReceiver:
             header = self.reader.read(buffer, transfer_syntax)
         except HeaderError as exc:
             return self._refuse(STATUS_NOT_DICOM, called, calling, ip, str(exc))
-        if not any(header.get(k) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")):
+        study, series, sop = (_raw_text(header, tag) for tag in (0x0020000D, 0x0020000E, 0x00080018))
+        if not (study or series or sop):
             return self._refuse(STATUS_NOT_DICOM, called, calling, ip,
                                 "not a DICOM instance (no SOP, study or series UID)")
         try:
             sop_class = check_uid(str(request.AffectedSOPClassUID or ""), "SOP Class UID", self.lenient)
             command_sop = check_uid(str(request.AffectedSOPInstanceUID or ""), "Affected SOP Instance UID",
                                     self.lenient)
-            study = check_uid(header.get("StudyInstanceUID"), "Study Instance UID", self.lenient)
-            series = check_uid(header.get("SeriesInstanceUID"), "Series Instance UID", self.lenient)
-            sop = check_uid(header.get("SOPInstanceUID"), "SOP Instance UID", self.lenient)
+            study = check_uid(study, "Study Instance UID", self.lenient)
+            series = check_uid(series, "Series Instance UID", self.lenient)
+            sop = check_uid(sop, "SOP Instance UID", self.lenient)
         except UIDError as exc:
             return self._refuse(STATUS_BAD_UID, called, calling, ip, str(exc))
         if sop != command_sop:

@@ -2,16 +2,19 @@
 
 One JSON object per series with its series-level DICOM tags (values as text, multi-valued
 elements as lists, like MagickBox), ``NumFiles`` (instances archived, as text) and
-``ClassifyType`` (the types from ``classifyRules.json``).  Updated after every archived
-instance and replaced atomically (write to a temporary file, rename), so a reader never
-sees a half-written record.  Records are derived data: ``rebuild`` recreates them from
-the archive.
+``ClassifyType`` (the types from ``classifyRules.json``).  Updated in memory for every
+archived instance and written whenever its classification changes, at most
+``write_interval`` seconds after any other change, when the association ends and before
+the study's job is created; every write replaces the file atomically (temporary file,
+rename), so a reader never sees a half-written record.  Records are derived data:
+``rebuild`` recreates them from the archive.
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -77,11 +80,14 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
 class SeriesRecords:
     """Keeps the series records of ``<data>/views/raw`` current.  Thread-safe."""
 
-    def __init__(self, data_dir: Path, rules: ClassifyRules):
+    def __init__(self, data_dir: Path, rules: ClassifyRules, write_interval: float = 0.5):
         self.root = Path(data_dir) / "views" / "raw"
         self.root.mkdir(parents=True, exist_ok=True)
         self.rules = rules
+        self.write_interval = write_interval
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._written: dict[tuple[str, str], float] = {}     # key -> time of the last write
+        self._dirty: set[tuple[str, str]] = set()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -114,18 +120,45 @@ class SeriesRecords:
                     elem = dataset.get(keyword) if hasattr(dataset, "get") else None
                     if elem is not None:
                         record[name] = record_value(elem)
+            is_new = key not in self._written
             if new_file:
                 record["NumFiles"] = str(int(record.get("NumFiles", "0") or 0) + 1)
+            before = record.get("ClassifyType")
             record["ClassifyType"] = self.rules.evaluate(record, instance_lookup(dataset))
-            (self.root / study).mkdir(exist_ok=True)
-            _write_json_atomic(self.path(study, series), record)
             self._records[key] = record
-            if len(self._records) > 2048:
-                self._records.clear()
+            now = time.monotonic()
+            if is_new or before != record["ClassifyType"] or now - self._written.get(key, 0.0) >= self.write_interval:
+                self._write(key, record, now)
+            else:
+                with self._guard:
+                    self._dirty.add(key)
             return list(record["ClassifyType"])
+
+    def _write(self, key: tuple[str, str], record: dict[str, Any], now: float) -> None:
+        (self.root / key[0]).mkdir(exist_ok=True)
+        _write_json_atomic(self.path(*key), record)
+        self._written[key] = now
+        with self._guard:
+            self._dirty.discard(key)
+
+    def flush(self, study: str | None = None) -> None:
+        """Write every record with unwritten changes (of one study, or all)."""
+        with self._guard:
+            keys = [k for k in self._dirty if study is None or k[0] == study]
+        for key in keys:
+            with self._lock(key):
+                record = self._records.get(key)
+                if record is not None and key in self._dirty:
+                    self._write(key, record, time.monotonic())
+        if study is None and len(self._records) > 4096:
+            with self._guard:
+                for key in [k for k in self._records if k not in self._dirty]:
+                    del self._records[key]
+                    self._written.pop(key, None)
 
     def study_classification(self, study: str) -> dict[str, list[str]]:
         """{SeriesInstanceUID: ClassifyType} of a study's records."""
+        self.flush(study)
         out = {}
         directory = self.root / study
         if directory.is_dir():
@@ -137,10 +170,6 @@ class SeriesRecords:
                 out[path.stem] = list(data.get("ClassifyType", []))
         return out
 
-    def forget_study(self, study: str) -> None:
-        with self._guard:
-            for key in [k for k in self._records if k[0] == study]:
-                del self._records[key]
 
     def rebuild(self, archive_root: Path, read_header: Callable[[Path], Any]) -> int:
         """Recreate every record from the archive (after a rules change)."""

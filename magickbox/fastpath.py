@@ -1,0 +1,235 @@
+"""Small, measured speed-ups of pynetdicom's receive path (applied by the receiver).
+
+Profiling a plain pynetdicom storage SCP (see ``benchmarks/bench_receive.py``) showed
+that most of the time per instance is not DICOM work but waiting and generic encoding:
+
+1. The association reactor sleeps 1 ms between looks at its message queue, so every
+   C-STORE waits for the next tick.  **Patch:** it blocks on the queue instead (with a
+   short timeout so release/abort/kill are still noticed).
+2. The DUL thread sleeps 1 ms whenever a loop found nothing to do, which delays the
+   response after the handler returns and the next request.  **Patch:** while an
+   association is busy the sleep is 50 µs; after 50 ms without traffic it goes back to
+   1 ms, so idle associations cost no CPU.
+3. Each C-STORE-RSP is built as a pydicom Dataset and encoded generically.  **Patch:**
+   the seven elements of the response command set are packed with ``struct``.
+4. Each C-STORE-RQ command set is converted element by element through pydicom
+   (validation, UID objects).  **Patch:** its six elements are read with ``struct``;
+   anything unusual falls back to pynetdicom's own code.
+5. Every association deep-copies the ~130 supported presentation contexts (with 45
+   transfer syntaxes each) through ``copy.deepcopy``.  **Patch:** a plain copy of the
+   same attributes.
+
+Behaviour is unchanged (same PDUs on the wire; tests run with the patches).  They touch
+private pynetdicom internals, so they are applied only to the pynetdicom versions they
+were written for (:data:`SUPPORTED`); other versions run unpatched, just slower.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import queue
+import struct
+import time
+
+import pynetdicom
+from pynetdicom import association as _association
+from pynetdicom import dimse as _dimse
+from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom import dul as _dul
+from pynetdicom import transport as _transport
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
+
+__all__ = ["apply", "SUPPORTED"]
+
+log = logging.getLogger("magickbox.fastpath")
+
+SUPPORTED = ("3.0.",)
+_applied = False
+
+_BUSY_DELAY = 0.00005
+_IDLE_AFTER = 0.05
+
+
+# -- 1. association reactor ---------------------------------------------------------------
+def _run_reactor(self) -> None:  # mirrors Association._run_reactor, blocking on the queue
+    self._is_paused = False
+    msg_queue = self.dimse.msg_queue
+    while not self._kill:
+        self._is_paused = True
+        self._reactor_checkpoint.wait()
+        self._is_paused = False
+        try:
+            context_id, msg = msg_queue.get(block=True, timeout=0.005)
+        except queue.Empty:
+            context_id, msg = None, None
+        if msg:
+            self._serve_request(msg, context_id)
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            self.is_released = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return
+        if self.acse.is_aborted():
+            self.dul.receive_pdu(wait=False)
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return
+        if not self.dul.is_alive():
+            self.kill()
+            return
+        if self.dul.idle_timer_expired():
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+            self.kill()
+            return
+
+
+# -- 2. adaptive DUL loop delay -------------------------------------------------------------
+def _get_delay(self) -> float:
+    if time.monotonic() - getattr(self, "_hops_active", 0.0) < _IDLE_AFTER:
+        return _BUSY_DELAY
+    return getattr(self, "_hops_idle_delay", 0.001)
+
+
+def _set_delay(self, value: float) -> None:
+    self._hops_idle_delay = value
+
+
+_original_is_transport_event = _dul.DULServiceProvider._is_transport_event
+_original_process_recv = _dul.DULServiceProvider._process_recv_primitive
+
+
+def _is_transport_event(self) -> bool:
+    event = _original_is_transport_event(self)
+    if event:
+        self._hops_active = time.monotonic()
+    return event
+
+
+def _process_recv_primitive(self) -> bool:
+    sent = _original_process_recv(self)
+    if sent:
+        self._hops_active = time.monotonic()
+    return sent
+
+
+# -- 3. C-STORE-RSP encoded with struct ----------------------------------------------------
+def _element(tag_group: int, tag_elem: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", tag_group, tag_elem, len(value)) + value
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def encode_c_store_rsp(rsp: C_STORE) -> bytes:
+    """The command set of a C-STORE-RSP (implicit VR little endian)."""
+    body = b"".join([
+        _element(0x0000, 0x0002, _uid(str(rsp.AffectedSOPClassUID))),
+        _element(0x0000, 0x0100, struct.pack("<H", 0x8001)),
+        _element(0x0000, 0x0120, struct.pack("<H", rsp.MessageIDBeingRespondedTo)),
+        _element(0x0000, 0x0800, struct.pack("<H", 0x0101)),
+        _element(0x0000, 0x0900, struct.pack("<H", rsp.Status)),
+        _element(0x0000, 0x1000, _uid(str(rsp.AffectedSOPInstanceUID))),
+    ])
+    return _element(0x0000, 0x0000, struct.pack("<I", len(body))) + body
+
+
+_original_send_msg = _dimse.DIMSEServiceProvider.send_msg
+
+
+def _send_msg(self, primitive, context_id: int) -> None:
+    simple = (isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None
+              and primitive.Status is not None and primitive.ErrorComment is None
+              and primitive.OffendingElement is None and primitive.AffectedSOPClassUID
+              and primitive.AffectedSOPInstanceUID)
+    if not simple or self.assoc.is_requestor:
+        return _original_send_msg(self, primitive, context_id)
+    command = encode_c_store_rsp(primitive)
+    if self.maximum_pdu_size and len(command) + 12 > self.maximum_pdu_size:
+        return _original_send_msg(self, primitive, context_id)
+    pdata = P_DATA()
+    pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]
+    self.dul.send_pdu(pdata)
+
+
+# -- 4. C-STORE-RQ command set read with struct ----------------------------------------------
+_original_c_store_to_primitive = _dimse_messages.C_STORE_RQ.message_to_primitive
+
+
+def _c_store_rq_to_primitive(self):
+    """Build the C-STORE request primitive straight from the encoded command set
+    (implicit VR little endian) instead of converting every element through pydicom."""
+    raw = self.encoded_command_set.getvalue()
+    values: dict[int, bytes] = {}
+    pos, end = 0, len(raw)
+    try:
+        while pos + 8 <= end:
+            group, elem, length = struct.unpack_from("<HHI", raw, pos)
+            values[(group << 16) | elem] = raw[pos + 8:pos + 8 + length]
+            pos += 8 + length
+        primitive = C_STORE()
+        primitive.MessageID = struct.unpack("<H", values[0x00000110])[0]
+        primitive.AffectedSOPClassUID = values[0x00000002].rstrip(b"\x00 ").decode("ascii")
+        primitive.AffectedSOPInstanceUID = values[0x00001000].rstrip(b"\x00 ").decode("ascii")
+        primitive.Priority = struct.unpack("<H", values[0x00000700])[0]
+        if values.get(0x00001030):
+            primitive.MoveOriginatorApplicationEntityTitle = values[0x00001030].decode("ascii", "replace").strip()
+        if values.get(0x00001031):
+            primitive.MoveOriginatorMessageID = struct.unpack("<H", values[0x00001031])[0]
+    except (KeyError, struct.error, UnicodeDecodeError, ValueError, TypeError):
+        return _original_c_store_to_primitive(self)     # anything unusual: the generic path
+    primitive.DataSet = self.data_set
+    primitive._context_id = self.context_id
+    primitive._dataset_path = self._data_set_path
+    primitive._dataset_file = self._data_set_file
+    return primitive
+
+
+# -- 5. cheaper copy of the supported contexts per association ---------------------------
+def _copy_contexts(contexts, memo=None):
+    """What ``deepcopy`` of the server's PresentationContext list did, without the
+    generic machinery (contexts hold only scalars and a list of UIDs)."""
+    if not isinstance(contexts, list) or not all(isinstance(c, PresentationContext) for c in contexts):
+        return copy.deepcopy(contexts, memo)
+    copies = []
+    for context in contexts:
+        clone = PresentationContext.__new__(PresentationContext)
+        clone.__dict__ = dict(context.__dict__)
+        clone._transfer_syntax = list(context._transfer_syntax)
+        copies.append(clone)
+    return copies
+
+
+def apply() -> bool:
+    """Install the patches once; returns False (and leaves pynetdicom alone) on an
+    unsupported pynetdicom version."""
+    global _applied
+    if _applied:
+        return True
+    if not pynetdicom.__version__.startswith(SUPPORTED):
+        log.warning("pynetdicom %s: receive fast path not applied (written for %s)", pynetdicom.__version__,
+                    ", ".join(SUPPORTED))
+        return False
+    _association.Association._run_reactor = _run_reactor
+    _dul.DULServiceProvider._run_loop_delay = property(_get_delay, _set_delay)
+    _dul.DULServiceProvider._is_transport_event = _is_transport_event
+    _dul.DULServiceProvider._process_recv_primitive = _process_recv_primitive
+    _dimse.DIMSEServiceProvider.send_msg = _send_msg
+    _dimse_messages.C_STORE_RQ.message_to_primitive = _c_store_rq_to_primitive
+    _transport.deepcopy = _copy_contexts
+    _applied = True
+    return True
