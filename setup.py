@@ -22,11 +22,16 @@ setup(
         "watchdog>=3",
         "tqdm>=4.60",
         "tzdata; platform_system == 'Windows'",
+        # the receive fast path (magickbox/fastpath.py) is written for pynetdicom 3.0
+        "pynetdicom>=3.0,<3.1",
+        "pydicom>=3.0,<3.1",
+        "pyyaml>=6",
     ],
     extras_require={
         # diamond-next imports pkg_resources, which setuptools 81 removed
         "diamond": ["diamond-next==5.0.0", "setuptools<81"],
-        "test": ["pytest>=7", "hypothesis>=6", "whisper>=1.1", "diamond-next==5.0.0", "setuptools<81"],
+        "test": ["pytest>=7", "hypothesis>=6", "whisper>=1.1", "grafanalib>=0.7", "diamond-next==5.0.0",
+                 "setuptools<81"],
     },
     entry_points={
         "console_scripts": [
