@@ -30,7 +30,7 @@ setup(
     extras_require={
         # diamond-next imports pkg_resources, which setuptools 81 removed
         "diamond": ["diamond-next==5.0.0", "setuptools<81"],
-        "test": ["pytest>=7", "hypothesis>=6", "whisper>=1.1", "grafanalib>=0.7", "diamond-next==5.0.0",
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "whisper>=1.1", "grafanalib>=0.7", "diamond-next==5.0.0",
                  "setuptools<81"],
     },
     entry_points={

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
+import pydicom.data
 from pydicom.uid import generate_uid
 
 from dicom_helpers import (MAGICKBOX, STORESCU_TS_FLAGS, MagickboxProcess, dataset_bytes, make_study, storescu,
@@ -33,7 +33,9 @@ def _testdata_by_syntax() -> dict[str, Path]:
     """One pydicom test file per transfer syntax dcmtk can propose, distinct SOP UIDs."""
     chosen: dict[str, Path] = {}
     seen_sops = set()
-    for name in sorted(get_testdata_files("*.dcm")):
+    # the files bundled with pydicom (get_testdata_files would try to download others)
+    bundled = Path(pydicom.data.__file__).parent / "test_files"
+    for name in sorted(str(p) for p in bundled.rglob("*.dcm")):
         try:
             ds = pydicom.dcmread(name, stop_before_pixels=True)
             ts = str(ds.file_meta.TransferSyntaxUID)
