@@ -26,6 +26,8 @@ setup(
         "pynetdicom>=3.0,<3.1",
         "pydicom>=3.0,<3.1",
         "pyyaml>=6",
+        "gear>=0.16",
+        "docker>=6",
     ],
     extras_require={
         # diamond-next imports pkg_resources, which setuptools 81 removed

@@ -24,7 +24,8 @@ from typing import Any, Mapping
 
 from stability_collector.metrics import ConfigError
 
-__all__ = ["BucketInfo", "BucketRegistry", "BucketError", "load_bucket_info", "parse_enabled"]
+__all__ = ["BucketInfo", "BucketRegistry", "BucketError", "RunSpec", "load_bucket_info", "parse_enabled",
+           "parse_size"]
 
 _AE_RE = re.compile(r"[\x20-\x7e]{1,16}")
 REQUIRED_KEYS = ("name", "description", "version", "AETitle", "license", "enabled")
@@ -52,6 +53,110 @@ def parse_enabled(value: Any) -> bool | None:
     return None
 
 
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", re.IGNORECASE)
+
+
+def parse_size(text: Any) -> int | None:
+    """``"512m"``, ``"2g"``, ``1073741824`` -> bytes; ``None``/``""`` -> None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return int(text)
+    m = _SIZE_RE.fullmatch(str(text).strip())
+    if not m:
+        raise ValueError(f"not a size like 512m or 2g: {text!r}")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How a bucket runs: the ``"run"`` object of its info.json (HOPS extension; every
+    key optional)::
+
+        "run": {"runner": "container",          # or "process"
+                "image": "localhost/procqa:1",   # container image
+                "command": ["/bin/sh", "/work.sh"],  # default: the image's command
+                "entrypoint": "work.sh",         # process runner: called with INPUT OUTPUT MEMORY
+                "timeout": 3600,                 # seconds, then killed and marked timeout
+                "memory": "2g", "cpus": 1.5,     # limits
+                "network": false,                # containers have no network unless true
+                "environment": {"KEY": "value"},
+                "concurrency": 1,                # jobs of this bucket at once per worker
+                "retries": 2}                    # re-runs after infrastructure failures
+
+    Without a ``"run"`` object a bucket with a ``work.sh`` in its directory uses the
+    process runner, otherwise the container runner with image ``localhost/<directory>``.
+    """
+
+    runner: str
+    image: str | None
+    command: tuple[str, ...] | None
+    entrypoint: str | None
+    timeout: float
+    memory: int | None
+    cpus: float | None
+    network: bool
+    environment: Mapping[str, str]
+    concurrency: int
+    retries: int
+
+
+def _parse_run(directory: Path, path: Path, run: Any) -> RunSpec:
+    if run is None:
+        run = {}
+    if not isinstance(run, dict):
+        raise BucketError(path, "run", "expected an object")
+    known = {"runner", "image", "command", "entrypoint", "timeout", "memory", "cpus", "network", "environment",
+             "concurrency", "retries"}
+    unknown = set(run) - known
+    if unknown:
+        raise BucketError(path, f"run.{sorted(unknown)[0]}", f"unknown setting; known: {', '.join(sorted(known))}")
+    default_runner = "process" if (directory / "work.sh").exists() and "image" not in run else "container"
+    runner = run.get("runner", default_runner)
+    if runner not in ("container", "process"):
+        raise BucketError(path, "run.runner", f"expected 'container' or 'process', found {runner!r}")
+    image = run.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise BucketError(path, "run.image", f"expected an image name, found {image!r}")
+    if runner == "container" and image is None:
+        image = f"localhost/{directory.name.lower()}:latest"
+    command = run.get("command")
+    if command is not None:
+        if isinstance(command, str):
+            command = [command]
+        if not isinstance(command, list) or not all(isinstance(c, str) for c in command) or not command:
+            raise BucketError(path, "run.command", f"expected a list of strings, found {command!r}")
+    entrypoint = run.get("entrypoint", "work.sh" if runner == "process" else None)
+    if runner == "process":
+        target = (directory / entrypoint).resolve()
+        if directory.resolve() not in target.parents:
+            raise BucketError(path, "run.entrypoint", f"must be a file inside the bucket directory: {entrypoint!r}")
+    numbers = {}
+    for key, default, lo in (("timeout", 3600.0, 0.1), ("cpus", None, 0.01), ("concurrency", 1, 1),
+                             ("retries", 2, 0)):
+        value = run.get(key, default)
+        if value is None:
+            numbers[key] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
+            raise BucketError(path, f"run.{key}", f"expected a number >= {lo:g}, found {value!r}")
+        numbers[key] = value
+    try:
+        memory = parse_size(run.get("memory"))
+    except ValueError as exc:
+        raise BucketError(path, "run.memory", str(exc)) from None
+    network = run.get("network", False)
+    if not isinstance(network, bool):
+        raise BucketError(path, "run.network", f"expected true or false, found {network!r}")
+    env = run.get("environment", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
+                                            for k, v in env.items()):
+        raise BucketError(path, "run.environment", "expected an object of NAME: value")
+    return RunSpec(runner, image, tuple(command) if command else None, entrypoint, float(numbers["timeout"]),
+                   memory, numbers["cpus"], network, {k: str(v) for k, v in env.items()},
+                   int(numbers["concurrency"]), int(numbers["retries"]))
+
+
 @dataclass(frozen=True)
 class BucketInfo:
     """A bucket's identity (MagickBox ``info.json``) plus where it lives.  ``raw`` keeps
@@ -64,11 +169,22 @@ class BucketInfo:
     ae_title: str
     license: str
     enabled: bool
+    run: RunSpec
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def info_path(self) -> Path:
         return self.directory / "info.json"
+
+    @property
+    def function(self) -> str:
+        """The gearman function of this bucket (MagickBox's ``bucket<AETitle>``)."""
+        return f"bucket{self.ae_title}"
+
+    @property
+    def memory_dir(self) -> Path:
+        """Persistent across runs; mounted as ``/memory``."""
+        return self.directory / "memory"
 
 
 def load_bucket_info(directory: Path) -> BucketInfo:
@@ -94,7 +210,7 @@ def load_bucket_info(directory: Path) -> BucketInfo:
     if enabled is None:
         raise BucketError(path, "enabled", f"expected 1/0, true/false or T/F, found {data['enabled']!r}")
     return BucketInfo(directory, data["name"], data["description"], data["version"], ae.strip(),
-                      data["license"], enabled, data)
+                      data["license"], enabled, _parse_run(directory, path, data.get("run")), data)
 
 
 class BucketRegistry:

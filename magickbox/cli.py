@@ -1,6 +1,10 @@
 """``magickbox``: the HOPS DICOM processing node.
 
     magickbox serve --data-dir DIR [--dicom-port PORT] [--http-port PORT] [--config FILE]
+    magickbox worker --gearman HOST:PORT --data-dir DIR [--buckets AE,...]
+    magickbox buckets list|create|run|install|remove|enable|disable ...
+    magickbox backfill BUCKET --data-dir DIR [--since DATE] [--until DATE] [--match REGEX] [--dry-run]
+    magickbox jobs --data-dir DIR [--status S] [--cancel ID]
 
 Exit codes: 0 normal shutdown, 2 configuration error (the message names the key).
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from stability_collector.metrics import ConfigError
@@ -33,6 +38,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-name", help="metric path node (default: host name)")
     p.add_argument("--graphite", metavar="HOST:PORT", help="send node metrics to this carbon")
     p.add_argument("--quiet-seconds", type=float, help="study complete after this long without instances")
+    p.add_argument("--gearman", metavar="HOST:PORT", action="append",
+                   help="use this gearmand (repeatable; default: an embedded job server)")
+    p.add_argument("--no-worker", action="store_true", help="do not run an embedded worker")
+    p.add_argument("--engine", metavar="URL", help="container engine (Docker API) for the embedded worker")
+
+    p = sub.add_parser("worker", help="run buckets for jobs from gearman (any number, on any host)")
+    p.add_argument("--gearman", metavar="HOST:PORT", action="append", required=True)
+    p.add_argument("--data-dir", metavar="DIR", required=True, help="the node's data root (shared between hosts)")
+    p.add_argument("--buckets", metavar="AE,...", help="only these buckets (default: all enabled)")
+    p.add_argument("--engine", metavar="URL", help="container engine (default $DOCKER_HOST or podman's socket)")
+    p.add_argument("--worker-id", help="name in logs and job records (default host-pid)")
+
+    p = sub.add_parser("buckets", help="create, test, install and manage processing buckets")
+    bsub = p.add_subparsers(dest="bucket_command", metavar="ACTION", required=True)
+    for action, help_text in (("list", "installed buckets"), ("create", "scaffold a new bucket"),
+                              ("run", "run a bucket on INPUT into OUTPUT exactly as the node does"),
+                              ("install", "install a bucket directory or container image"),
+                              ("remove", "take a bucket out of service (kept under .removed/)"),
+                              ("enable", "accept studies for a bucket"), ("disable", "reject studies for a bucket")):
+        bp = bsub.add_parser(action, help=help_text)
+        bp.add_argument("--data-dir", metavar="DIR", default=".", help="node data root (buckets in DIR/buckets)")
+        bp.add_argument("--buckets-dir", metavar="DIR", help="buckets directory (overrides --data-dir)")
+        if action in ("create", "run", "remove", "enable", "disable"):
+            bp.add_argument("name", metavar="NAME")
+        if action == "create":
+            bp.add_argument("--ae-title", help="AE title (default Proc<name>)")
+            bp.add_argument("--runner", choices=("process", "container"), default="process")
+        if action == "run":
+            bp.add_argument("input", metavar="INPUT")
+            bp.add_argument("output", metavar="OUTPUT")
+        if action in ("run", "install"):
+            bp.add_argument("--engine", metavar="URL")
+        if action == "install":
+            bp.add_argument("source", metavar="PATH|IMAGE")
+
+    p = sub.add_parser("backfill", help="run a bucket over archived studies")
+    p.add_argument("bucket", metavar="BUCKET")
+    p.add_argument("--data-dir", metavar="DIR", required=True)
+    p.add_argument("--since", metavar="YYYY-MM-DD", help="studies on or after this StudyDate")
+    p.add_argument("--until", metavar="YYYY-MM-DD", help="studies before this StudyDate")
+    p.add_argument("--match", metavar="REGEX", help="search in study UID, descriptions and senders")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--force", action="store_true", help="also studies already done with this bucket version")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("jobs", help="list jobs, or cancel one")
+    p.add_argument("--data-dir", metavar="DIR", required=True)
+    p.add_argument("--status", choices=("queued", "running", "success", "failed", "partial", "timeout",
+                                        "cancelled"))
+    p.add_argument("--cancel", metavar="ID", type=int, help="cancel a queued or running job")
     return parser
 
 
@@ -48,9 +103,126 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "node_name": args.node_name,
         "graphite.address": args.graphite,
         "dicom.quiet_seconds": args.quiet_seconds,
+        "gearman.servers": args.gearman,
+        "worker.enabled": False if args.no_worker else None,
+        "worker.engine": args.engine,
     }
     config = load_node_config(args.config, overrides)
     Node(config).run()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .worker import Worker, parse_servers
+
+    logging.getLogger("gear").setLevel(logging.WARNING)
+    buckets = [b.strip() for b in args.buckets.split(",") if b.strip()] if args.buckets else None
+    worker = Worker(Path(args.data_dir), parse_servers(args.gearman), buckets, args.engine, args.worker_id)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    worker.start()
+    print(f"magickbox worker {worker.worker_id}: serving {', '.join(worker.functions) or 'no buckets yet'}",
+          flush=True)
+    stop.wait()
+    worker.stop()
+    return 0
+
+
+def _buckets_dir(args: argparse.Namespace) -> Path:
+    return Path(args.buckets_dir) if args.buckets_dir else Path(args.data_dir) / "buckets"
+
+
+def cmd_buckets(args: argparse.Namespace) -> int:
+    from . import bucketadmin as ba
+    from .buckets import BucketInfo
+
+    root = _buckets_dir(args)
+    action = args.bucket_command
+    if action == "list":
+        rows = ba.list_buckets(root)
+        if not rows:
+            print(f"no buckets in {root}")
+        for b in rows:
+            if isinstance(b, BucketInfo):
+                run = b.run.image if b.run.runner == "container" else b.run.entrypoint
+                print(f"{b.ae_title:<16} {'enabled ' if b.enabled else 'disabled'} {b.version:<10} "
+                      f"{b.run.runner:<9} {run}  {b.directory}")
+            else:
+                print(f"BROKEN           {b}")
+        return 0
+    if action == "create":
+        b = ba.create_bucket(root, args.name, args.ae_title, args.runner)
+        print(f"created bucket {b.directory} (AE title {b.ae_title}, {b.run.runner} runner); edit work.sh, "
+              f"then: magickbox buckets run {args.name} INPUT OUTPUT")
+        return 0
+    if action == "run":
+        status, message, code = ba.run_bucket(root, args.name, Path(args.input), Path(args.output), args.engine)
+        print(f"{status}: {message} (exit code {code})")
+        return 0 if status == "success" else 1
+    if action == "install":
+        b = ba.install_bucket(root, args.source, args.engine)
+        print(f"installed bucket {b.ae_title} in {b.directory}")
+        return 0
+    if action == "remove":
+        print(f"removed; kept in {ba.remove_bucket(root, args.name)}")
+        return 0
+    b = ba.set_enabled(root, args.name, action == "enable")
+    print(f"bucket {b.ae_title} {'enabled' if b.enabled else 'disabled'}")
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from .backfill import backfill, parse_day
+    from .bucketadmin import find_bucket
+    from .db import Database
+    from .store import DicomArchive
+
+    data = Path(args.data_dir)
+    bucket = find_bucket(data / "buckets", args.bucket)
+    db = Database(data / "magickbox.sqlite")
+    try:
+        summary = backfill(db, DicomArchive(data), data / "views" / "raw", bucket,
+                           since=parse_day(args.since) if args.since else None,
+                           until=parse_day(args.until) if args.until else None,
+                           match=args.match, dry_run=args.dry_run, force=args.force, progress=not args.no_progress)
+    finally:
+        db.close()
+    if args.dry_run:
+        for study in summary.queued:
+            print(f"would queue {study}")
+    print(summary.line(args.dry_run))
+    if summary.job_ids:
+        print(f"jobs {summary.job_ids[0]}..{summary.job_ids[-1]} are queued; a running node starts them")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from .db import Database
+    from .jobfiles import JobDir
+
+    data = Path(args.data_dir)
+    db = Database(data / "magickbox.sqlite")
+    try:
+        if args.cancel is not None:
+            job = db.job(args.cancel)
+            if job is None:
+                print(f"no job {args.cancel}", file=sys.stderr)
+                return 1
+            if job.status not in ("queued", "running"):
+                print(f"job {job.id} is already {job.status}")
+                return 0
+            JobDir.of(data, job.id).request_cancel()
+            print(f"cancel requested for job {job.id}")
+            return 0
+        for job in reversed(db.jobs(args.status)):
+            print(f"{job.id:>6} {job.status:<9} {job.bucket_ae:<16} {job.calling_ae:<16} {job.source:<8} "
+                  f"{job.instance_count:>5} inst  {job.message[:60]}")
+    finally:
+        db.close()
     return 0
 
 
@@ -63,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=max(logging.DEBUG, logging.INFO - 10 * args.verbose),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"serve": cmd_serve}[args.command](args)
+        return {"serve": cmd_serve, "worker": cmd_worker, "buckets": cmd_buckets, "backfill": cmd_backfill,
+                "jobs": cmd_jobs}[args.command](args)
     except (ConfigError, RulesError) as exc:
         print(f"magickbox: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,15 @@ Validated at start-up; every error names the key (``dicom.port: expected an inte
     [graphite]
     address = ""                       # HOST:PORT of carbon; empty: no node metrics
     interval = 10                      # seconds between metric reports
+
+    [gearman]
+    servers = []                       # ["gearmand-host:4730"]; empty: embedded job server
+    resubmit_after = 60                # re-submit a job nobody took for this long (gearmand only)
+
+    [worker]
+    enabled = true                     # run an embedded worker in this node
+    buckets = []                       # AE titles it runs; empty: all enabled buckets
+    engine = ""                        # Docker-API URL (default $DOCKER_HOST or podman's socket)
 """
 from __future__ import annotations
 
@@ -106,6 +115,11 @@ class NodeConfig:
     http_port: int = 8000
     graphite: GraphiteAddress | None = None
     graphite_interval: float = 10.0
+    gearman_servers: tuple[tuple[str, int], ...] = ()
+    resubmit_after: float = 60.0
+    worker_enabled: bool = True
+    worker_buckets: tuple[str, ...] = ()
+    engine_url: str | None = None
 
     @property
     def buckets_path(self) -> Path:
@@ -206,7 +220,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
 def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -> NodeConfig:
     """Validate a settings mapping (file content with flags merged in)."""
     top = _table("", values, {"node_name", "data_dir", "buckets_dir", "classify_rules", "dicom", "http",
-                              "graphite"})
+                              "graphite", "gearman", "worker"})
     base = base_dir or Path.cwd()
 
     def path(key: str, value: Any) -> Path:
@@ -267,7 +281,22 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
     h = _table("http", top.get("http", {}), {"host", "port"})
     g = _table("graphite", top.get("graphite", {}), {"address", "interval"})
     address = _str("graphite.address", g.get("address", ""))
-    kwargs: dict[str, Any] = {}
+    gm = _table("gearman", top.get("gearman", {}), {"servers", "resubmit_after"})
+    servers = []
+    for spec in _list("gearman.servers", gm.get("servers", [])):
+        try:
+            server = GraphiteAddress.parse(_str("gearman.servers", spec), "gearman.servers")
+        except ConfigError:
+            raise ConfigError("gearman.servers", f"expected HOST:PORT, found {spec!r}") from None
+        servers.append((server.host, server.port if ":" in spec else 4730))
+    wk = _table("worker", top.get("worker", {}), {"enabled", "buckets", "engine"})
+    kwargs: dict[str, Any] = {
+        "gearman_servers": tuple(servers),
+        "resubmit_after": _float("gearman.resubmit_after", gm.get("resubmit_after", 60.0), 1.0),
+        "worker_enabled": _bool("worker.enabled", wk.get("enabled", True)),
+        "worker_buckets": tuple(_ae("worker.buckets", b) for b in _list("worker.buckets", wk.get("buckets", []))),
+        "engine_url": _str("worker.engine", wk.get("engine", "")) or None,
+    }
     if node_name:
         kwargs["node_name"] = node_name
     return NodeConfig(

@@ -54,9 +54,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
     bucket_version TEXT,
-    run_token TEXT
+    run_token TEXT,
+    committed REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_uid, bucket_ae);
+CREATE TABLE IF NOT EXISTS job_submissions (
+    job_id INTEGER PRIMARY KEY,
+    submitted REAL NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1
+);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
 
@@ -99,6 +105,7 @@ class Job:
     attempts: int
     bucket_version: str | None
     run_token: str | None = field(default=None, repr=False)
+    committed: float | None = None
 
     def info_json(self) -> dict[str, Any]:
         """What MagickBox's ``info.json`` carried for a job, plus the HOPS counts."""
@@ -234,3 +241,66 @@ class Database:
 
     def count_jobs(self, status: str) -> int:
         return self.execute("SELECT count(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
+
+    # -- the job lifecycle (dispatch) ---------------------------------------------------
+    def unfinished(self) -> list[tuple[Job, float | None, int]]:
+        """(job, last submission time or None, submissions) of queued and running jobs."""
+        rows = self.execute(
+            "SELECT jobs.*, s.submitted AS _submitted, s.count AS _count FROM jobs"
+            " LEFT JOIN job_submissions s ON s.job_id = jobs.id"
+            " WHERE status IN ('queued', 'running') ORDER BY jobs.id").fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            submitted, count = d.pop("_submitted"), d.pop("_count")
+            d["classification"] = json.loads(d["classification"] or "{}")
+            out.append((Job(**d), submitted, count or 0))
+        return out
+
+    def mark_submitted(self, job_id: int, now: float, bucket_version: str | None) -> None:
+        self._tx([
+            ("INSERT INTO job_submissions (job_id, submitted, count) VALUES (?, ?, 1) ON CONFLICT(job_id)"
+             " DO UPDATE SET submitted = excluded.submitted, count = count + 1", (job_id, now)),
+            ("UPDATE jobs SET bucket_version = coalesce(bucket_version, ?) WHERE id = ?", (bucket_version, job_id)),
+        ])
+
+    def forget_submissions(self) -> None:
+        """At start-up: whatever was submitted to an embedded queue is gone."""
+        self._tx([("DELETE FROM job_submissions", ())])
+
+    def mark_running(self, job_id: int, worker: str, started: float) -> bool:
+        """A (new) attempt is running; counts attempts once per (worker, start time)."""
+        cur = self._tx([("UPDATE jobs SET status = 'running', worker = ?, started = ?, attempts = attempts + 1"
+                         " WHERE id = ? AND status IN ('queued', 'running')"
+                         " AND NOT (coalesce(worker, '') = ? AND coalesce(started, 0) = ?)",
+                         (worker, started, job_id, worker, started))])[0]
+        return cur.rowcount == 1
+
+    def commit_result(self, job_id: int, status: str, message: str, exit_code: int | None, started: float | None,
+                      finished: float | None, worker: str | None, log_size: int, attempts: int | None = None) -> bool:
+        """Record a job's final status; True only the first time (exactly-once)."""
+        cur = self._tx([("UPDATE jobs SET status = ?, message = ?, exit_code = ?, started = coalesce(?, started),"
+                         " finished = ?, worker = coalesce(?, worker), log_size = ?,"
+                         " attempts = coalesce(?, attempts), committed = ?"
+                         " WHERE id = ? AND status IN ('queued', 'running')",
+                         (status, message, exit_code, started, finished, worker, log_size, attempts, time.time(),
+                          job_id))])[0]
+        return cur.rowcount == 1
+
+    def create_job(self, bucket_ae: str, calling_ae: str, caller_ip: str, study_uid: str, source: str,
+                   received: float, series_count: int, instance_count: int,
+                   classification: dict[str, list[str]], follow_up_of: int | None = None,
+                   bucket_version: str | None = None) -> Job:
+        now = time.time()
+        cur = self._tx([(
+            "INSERT INTO jobs (bucket_ae, calling_ae, caller_ip, study_uid, source, received, completed,"
+            " series_count, instance_count, classification, follow_up_of, status, created, bucket_version)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            (bucket_ae, calling_ae, caller_ip, study_uid, source, received, now, series_count, instance_count,
+             json.dumps(classification), follow_up_of, now, bucket_version))])[0]
+        return self.job(cur.lastrowid)  # type: ignore[return-value]
+
+    def jobs_for_study(self, study_uid: str, bucket_ae: str) -> list[Job]:
+        rows = self.execute("SELECT * FROM jobs WHERE study_uid = ? AND bucket_ae = ? ORDER BY id",
+                            (study_uid, bucket_ae)).fetchall()
+        return [self._job(r) for r in rows]

@@ -1,8 +1,9 @@
 """A magickbox node: wires the stages together and runs them in one process.
 
 receive (:mod:`.receiver`) → archive (:mod:`.store`) → classify (:mod:`.series`) →
-complete (:mod:`.studies`) → job record (:mod:`.db`); node metrics
-(:mod:`.telemetry`) and a read-only status API (:mod:`.web`).
+complete (:mod:`.studies`) → job record (:mod:`.db`) → queue (:mod:`.dispatch`, gearman) →
+run (:mod:`.worker`, :mod:`.runners`); node metrics (:mod:`.telemetry`) and a read-only
+status API (:mod:`.web`).
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from .classify import ClassifyRules
 from .config import NodeConfig
 from .db import Database, Job
 from .dicomio import HeaderReader
+from .dispatch import Dispatcher, EmbeddedJobServer
 from .receiver import StorageReceiver
 from .series import SeriesRecords
 from .store import DicomArchive
 from .studies import StudyTracker
 from .telemetry import NodeTelemetry
+from .worker import Worker
 
 __all__ = ["Node"]
 
@@ -50,6 +53,19 @@ class Node:
         self._on_job_hooks: list[Callable[[Job], None]] = [on_job] if on_job else []
         self.tracker = StudyTracker(self.db, self.archive, self.series, config.dicom.quiet_seconds,
                                     on_job=self._job_created, makes_jobs=self._makes_jobs)
+        self.job_server: EmbeddedJobServer | None = None
+        if config.gearman_servers:
+            servers = list(config.gearman_servers)
+        else:
+            self.job_server = EmbeddedJobServer()
+            servers = [("127.0.0.1", self.job_server.port)]
+        self.gearman_servers = servers
+        self.dispatcher = Dispatcher(config.data_dir, self.db, self.archive, self.registry, servers,
+                                     count=self.telemetry.count,
+                                     resubmit_after=config.resubmit_after if config.gearman_servers else float("inf"))
+        self.telemetry.gauges[nm.START_LATENCY] = lambda: self.dispatcher.last_start_latency
+        self.worker = Worker(config.data_dir, servers, list(config.worker_buckets) or None, config.engine_url,
+                             worker_id=f"{config.node_name}-embedded") if config.worker_enabled else None
         self.receiver = StorageReceiver(config, self.archive, self.registry, self.tracker, self.series,
                                         HeaderReader(self.rules.dicom_tags()), self.telemetry)
         self.web = None
@@ -62,13 +78,20 @@ class Node:
 
     def _job_created(self, job: Job) -> None:
         self.telemetry.count(nm.STUDIES_COMPLETED)
+        self.dispatcher.submit(job)
         for hook in self._on_job_hooks:
             hook(job)
 
     def start(self) -> None:
+        logging.getLogger("gear").setLevel(logging.WARNING)   # gear logs every packet at INFO
         removed = self.archive.remove_partial_files()
         if removed:
             log.info("removed %d partial file(s) left by an interrupted write", removed)
+        self.db.forget_submissions()            # everything unfinished is submitted again
+        if self.worker is not None:
+            self.worker.start()
+        self.dispatcher.reconcile()
+        self.dispatcher.start()
         self.tracker.recover()
         self.tracker.start()
         self.telemetry.start()
@@ -85,6 +108,11 @@ class Node:
         if self.web is not None:
             self.web.stop()
         self.tracker.stop()
+        if self.worker is not None:
+            self.worker.stop()
+        self.dispatcher.stop()
+        if self.job_server is not None:
+            self.job_server.stop()
         self.telemetry.stop()
         self.db.close()
 

@@ -81,3 +81,68 @@ def wait_for_values(graphite: LocalGraphite, expected: dict[str, float], timesta
         if pending:
             time.sleep(0.1)
     return found
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory):
+    """A podman API service with a busybox image (``containers.IMAGE``)."""
+    from containers import Podman
+    service = Podman(tmp_path_factory.mktemp("podman")).start()
+    service.build_busybox_image()
+    yield service
+    service.stop()
+
+
+class Gearmand:
+    """gearmand with a persistent sqlite queue on a free loopback port."""
+
+    def __init__(self, base: Path):
+        from stability_collector.localgraphite import free_port
+        self.base = base
+        self.port = free_port()
+        self.db = base / "queue.sqlite"
+        self.proc = None
+        base.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "Gearmand":
+        import subprocess
+        from stability_collector.localgraphite import wait_for_port
+        assert shutil.which("gearmand"), "gearmand is not installed (deploy/local/install-deps.sh)"
+        self.proc = subprocess.Popen(
+            ["gearmand", "--listen=127.0.0.1", f"--port={self.port}", "-q", "libsqlite3",
+             f"--libsqlite3-db={self.db}", f"--log-file={self.base / 'gearmand.log'}", "--verbose=INFO",
+             "--threads=2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, proc=self.proc, what="gearmand")
+        return self
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def status(self) -> dict[str, tuple[int, int, int]]:
+        """function -> (total, running, available workers), via gearadmin."""
+        import subprocess
+        out = subprocess.run(["gearadmin", "-h", "127.0.0.1", "-p", str(self.port), "--status"],
+                             capture_output=True, text=True, timeout=30).stdout
+        result = {}
+        for line in out.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 4:
+                result[parts[0]] = (int(parts[1]), int(parts[2]), int(parts[3]))
+        return result
+
+
+@pytest.fixture
+def gearmand(tmp_path):
+    server = Gearmand(tmp_path / "gearmand").start()
+    yield server
+    server.stop()

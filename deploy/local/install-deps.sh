@@ -4,12 +4,15 @@
 #   carbon-cache + whisper + graphite-web (gunicorn) - the Graphite the demo and tests use
 #   dcmtk                                            - the foreign DICOM peer in tests
 #   gearman-job-server gearman-tools                 - gearmand with its sqlite queue
+#   podman runc busybox-static                       - containers for buckets (docker API)
 #   python3-venv                                     - the project's virtual environment
 set -euo pipefail
 PACKAGES=(
   python3 python3-venv python3-pip
   graphite-carbon graphite-web gunicorn
   dcmtk gearman-job-server gearman-tools
+  podman runc busybox-static
+  gcc libc6-dev
   netcat-openbsd
 )
 missing=()

@@ -1,0 +1,189 @@
+"""Queue jobs on gearman and keep the job store true (the node side of the queue).
+
+* A job record (from study completion or backfill) is prepared — ``jobs/<id>/info.json``
+  and a hard-link snapshot of the study in ``input/`` — and submitted as a **background**
+  gearman job to the function ``bucket<AETitle>``, with the unique key ``hops-job-<id>``
+  (gearmand merges a re-submission with a job it still holds).
+* The reconciler (every ``interval`` seconds, and at start-up) looks at each queued or
+  running job's directory: a committed ``result`` becomes the final status in the
+  database exactly once; a live ``active`` claim marks the job running; a job whose
+  attempt died (stale claim) or failed for infrastructure reasons is re-submitted until
+  the bucket's ``retries`` are used up, then marked failed; a queued job nobody claimed
+  for ``resubmit_after`` seconds (gearmand restarted without its queue) is re-submitted.
+* At start-up everything unfinished is re-submitted: jobs that were queued or running
+  when the node, gearmand or a worker died run (once) without anyone intervening.
+
+With no gearmand configured the node runs an embedded job server (``gear.Server``, in
+memory; the database is the persistent queue) and an embedded worker.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import gear
+
+from . import node_metrics as nm
+from .buckets import BucketRegistry
+from .db import Database, Job
+from .jobfiles import JobDir, Outcome
+from .store import DicomArchive
+from .studies import uid_ref
+
+__all__ = ["Dispatcher", "EmbeddedJobServer"]
+
+log = logging.getLogger("magickbox.dispatch")
+
+
+class EmbeddedJobServer:
+    """An in-process gearman server on 127.0.0.1 (for nodes without gearmand)."""
+
+    def __init__(self, port: int = 0):
+        from stability_collector.localgraphite import free_port
+        self.port = port or free_port()
+        self.server = gear.Server(port=self.port, host="127.0.0.1")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+class Dispatcher:
+    def __init__(self, data_dir: Path, db: Database, archive: DicomArchive, registry: BucketRegistry,
+                 servers: list[tuple[str, int]], count: Callable[[str], None] = lambda name: None,
+                 interval: float = 0.2, resubmit_after: float = 60.0,
+                 on_committed: Callable[[Job, Outcome], None] | None = None):
+        self.data_dir = Path(data_dir)
+        self.db = db
+        self.archive = archive
+        self.registry = registry
+        self.servers = servers
+        self.count = count
+        self.interval = interval
+        self.resubmit_after = resubmit_after
+        self.on_committed = on_committed
+        self.client = gear.Client("magickbox-node")
+        for host, port in servers:
+            self.client.addServer(host, port)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned: set[str] = set()
+        self.last_start_latency = 0.0
+
+    # -- submission -----------------------------------------------------------------------
+    def submit(self, job: Job) -> bool:
+        """Prepare and submit one job; False if it could not be submitted now."""
+        bucket = self.registry.by_ae_title(job.bucket_ae)
+        if bucket is None:
+            if self.db.commit_result(job.id, "failed", f"bucket {job.bucket_ae} is not installed", None, None,
+                                     time.time(), None, 0):
+                self.count(nm.JOB_STATUS_COUNTERS["failed"])
+            return False
+        if not bucket.enabled:
+            self._warn_once(f"disabled-{job.bucket_ae}", f"bucket {job.bucket_ae} is disabled: its jobs wait")
+            return False
+        jobdir = JobDir.of(self.data_dir, job.id)
+        info = job.info_json()
+        info.update({"bucket": {"name": bucket.name, "version": bucket.version, "AETitle": bucket.ae_title}})
+        jobdir.prepare(info, self.archive.root / job.study_uid)
+        payload = json.dumps({"job": job.id, "bucket": job.bucket_ae}).encode()
+        gjob = gear.Job(bucket.function.encode(), payload, unique=f"hops-job-{job.id}".encode())
+        try:
+            with self._lock:
+                self.client.submitJob(gjob, background=True, timeout=10)
+        except Exception as exc:
+            self._warn_once("submit", f"cannot submit jobs to gearman ({exc}); they stay queued and are retried")
+            return False
+        self._warned.discard("submit")
+        self.db.mark_submitted(job.id, time.time(), bucket.version)
+        log.info("job %d queued for %s (study#%s, %d instances)", job.id, job.bucket_ae, uid_ref(job.study_uid),
+                 job.instance_count)
+        return True
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", message)
+
+    # -- reconciliation ---------------------------------------------------------------------
+    def _commit(self, job: Job, outcome: Outcome) -> None:
+        jobdir = JobDir.of(self.data_dir, job.id)
+        earlier = len(list(jobdir.attempts.iterdir())) if jobdir.attempts.is_dir() else 0
+        if self.db.commit_result(job.id, outcome.status, outcome.message, outcome.exit_code, outcome.started,
+                                 outcome.finished, outcome.worker, outcome.log_size, attempts=earlier + 1):
+            counter = nm.JOB_STATUS_COUNTERS.get(outcome.status)
+            if counter:
+                self.count(counter)
+            if outcome.started and job.completed:
+                self.last_start_latency = max(0.0, outcome.started - job.completed)
+            log.info("job %d (%s) %s in %.1f s%s", job.id, job.bucket_ae, outcome.status,
+                     (outcome.finished or 0) - (outcome.started or 0),
+                     f": {outcome.message}" if outcome.message else "")
+            if self.on_committed is not None:
+                final = self.db.job(job.id)
+                try:
+                    self.on_committed(final, outcome)   # type: ignore[arg-type]
+                except Exception:
+                    log.exception("job %d: post-commit hook failed", job.id)
+
+    def reconcile(self) -> None:
+        now = time.time()
+        for job, submitted, submissions in self.db.unfinished():
+            jobdir = JobDir.of(self.data_dir, job.id)
+            outcome = jobdir.committed()
+            if outcome is not None:
+                self._commit(job, outcome)
+                continue
+            claim = jobdir.active_claim()
+            if claim is not None:
+                if job.status != "running" or job.worker != claim.get("worker"):
+                    self.db.mark_running(job.id, str(claim.get("worker")), float(claim.get("started", now)))
+                continue
+            if jobdir.cancel_requested():
+                if self.db.commit_result(job.id, "cancelled", "cancelled before it ran", None, None, now, None, 0):
+                    self.count(nm.JOB_STATUS_COUNTERS["cancelled"])
+                continue
+            bucket = self.registry.by_ae_title(job.bucket_ae)
+            attempts = sorted(jobdir.attempts.iterdir()) if jobdir.attempts.is_dir() else []
+            finished_attempts = [a for a in attempts if (a / "outcome.json").exists()]
+            died = len(attempts) - len(finished_attempts)
+            failed_infra = [o for o in jobdir.attempt_outcomes() if o.status == "error"]
+            tries = len(failed_infra) + died
+            retries = bucket.run.retries if bucket else 0
+            if tries > retries:
+                last = failed_infra[-1].message if failed_infra else "the worker died during the run"
+                if self.db.commit_result(job.id, "failed", f"gave up after {tries} attempt(s): {last}", None, None,
+                                         now, None, 0):
+                    self.count(nm.JOB_STATUS_COUNTERS["failed"])
+                    log.error("job %d (%s) failed: %s", job.id, job.bucket_ae, last)
+                continue
+            # an attempt ended without a result (died / infrastructure error) since the
+            # last submission, or nobody took the job for a long time: submit again
+            latest_attempt = max((a.stat().st_mtime for a in attempts), default=0.0)
+            if submitted is None or latest_attempt >= submitted or now - submitted > self.resubmit_after:
+                if tries and submitted is not None and latest_attempt >= submitted:
+                    log.warning("job %d: attempt %d ended without a result; submitting again", job.id, tries)
+                self.submit(job)
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.reconcile()
+                except Exception:
+                    log.exception("reconciliation failed; retrying")
+        self._thread = threading.Thread(target=loop, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            self.client.shutdown()
+        except Exception:
+            pass

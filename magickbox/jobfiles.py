@@ -1,0 +1,258 @@
+"""The job directory: how the node, workers and runners share a job through files.
+
+``<data>/jobs/<id>/``::
+
+    info.json            MagickBox's info.json of the job (+ HOPS fields), written by the node
+    input/<Series>/<SOP>.dcm
+                         a frozen snapshot of the study: hard links into the archive
+    active               the attempt running now (JSON: attempt, worker, host, pid, started);
+                         its mtime is the worker's heartbeat
+    cancel               present: cancellation requested
+    attempts/<attempt>/  one run: output/ (the bucket's /output), processing.log, outcome.json
+    result/              the committed attempt (renamed from attempts/<attempt>)
+
+Workers never touch the database: they claim a job by creating ``active`` exclusively,
+run the bucket into a fresh attempt directory, write ``outcome.json`` and **commit** by
+renaming the attempt directory to ``result`` — a rename that fails if a result already
+exists, so each job's result is committed exactly once even if a job is delivered twice.
+The node turns ``result/outcome.json`` into the job's final status (see
+:mod:`magickbox.dispatch`).  Works on one host and on a data root shared by several hosts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JobDir", "Outcome", "Claim", "decide_status", "read_proc_json", "HEARTBEAT_SECONDS", "STALE_SECONDS"]
+
+HEARTBEAT_SECONDS = 2.0
+STALE_SECONDS = 15.0
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Outcome:
+    """What one attempt produced (``outcome.json``).  ``status`` is a job status, or
+    ``"error"`` for an infrastructure failure (the run could not happen; retried)."""
+
+    attempt: str
+    worker: str
+    status: str
+    message: str
+    exit_code: int | None
+    started: float
+    finished: float
+    log_size: int
+
+    @classmethod
+    def load(cls, path: Path) -> "Outcome":
+        data = json.loads(path.read_text())
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+
+
+def read_proc_json(*candidates: Path) -> tuple[str | None, str]:
+    """(success value, message) from the first existing MagickBox ``proc.json``
+    (``[{"success": "...", "message": "..."}]``), or (None, why) when it is missing or
+    malformed."""
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            return None, f"proc.json is not valid JSON: {exc}"
+        if isinstance(data, dict):
+            data = [data]
+        if not isinstance(data, list) or not data or not isinstance(data[0], dict) or "success" not in data[0]:
+            return None, 'proc.json must be [{"success": "...", "message": "..."}]'
+        return str(data[0]["success"]), str(data[0].get("message", ""))
+    return None, "the bucket wrote no proc.json"
+
+
+def decide_status(exit_code: int | None, timed_out: bool, cancelled: bool, proc: tuple[str | None, str],
+                  timeout: float) -> tuple[str, str]:
+    """Job status and message from how the run ended and what proc.json says.  Only an
+    exit code 0 *and* a proc.json saying success/partial counts as success/partial."""
+    success, message = proc
+    if cancelled:
+        return "cancelled", "cancelled on request"
+    if timed_out:
+        return "timeout", f"killed after the bucket's timeout of {timeout:g} s"
+    if exit_code != 0:
+        detail = f"; proc.json: {success}: {message}" if success is not None else ""
+        return "failed", f"exit code {exit_code}{detail}"
+    if success is None:
+        return "failed", message        # missing or malformed proc.json, never silently success
+    value = success.strip().lower()
+    if value in ("success", "partial", "failed"):
+        return value, message
+    return "failed", f"proc.json says success={success!r}: {message}"
+
+
+class Claim:
+    """An attempt holding ``active``; heartbeats in a thread until released."""
+
+    def __init__(self, jobdir: "JobDir", attempt: str, worker: str):
+        self.jobdir = jobdir
+        self.attempt = attempt
+        self.worker = worker
+        self.dir = jobdir.attempts / attempt
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{attempt[:8]}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                os.utime(self.jobdir.active)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        try:
+            current = json.loads(self.jobdir.active.read_text())
+            if current.get("attempt") == self.attempt:
+                self.jobdir.active.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+class JobDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, data_dir: Path, job_id: int) -> "JobDir":
+        return cls(Path(data_dir) / "jobs" / str(job_id))
+
+    input = property(lambda self: self.path / "input")
+    attempts = property(lambda self: self.path / "attempts")
+    result = property(lambda self: self.path / "result")
+    active = property(lambda self: self.path / "active")
+    info_path = property(lambda self: self.path / "info.json")
+
+    def info(self) -> dict[str, Any]:
+        return json.loads(self.info_path.read_text())
+
+    # -- node side ---------------------------------------------------------------------
+    def prepare(self, info: dict[str, Any], study_dir: Path) -> None:
+        """Write info.json and link the study's archived files into input/ (idempotent;
+        files archived later are added, nothing is removed)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.attempts.mkdir(exist_ok=True)
+        self.input.mkdir(exist_ok=True)
+        if study_dir.is_dir():
+            for series in study_dir.iterdir():
+                if not series.is_dir() or series.name.startswith("."):
+                    continue
+                target = self.input / series.name
+                target.mkdir(exist_ok=True)
+                for f in series.iterdir():
+                    if f.suffix == ".dcm" and f.is_file() and not (target / f.name).exists():
+                        os.link(f, target / f.name)
+        _write_json(self.info_path, info)
+
+    def request_cancel(self) -> None:
+        (self.path / "cancel").touch()
+
+    def cancel_requested(self) -> bool:
+        return (self.path / "cancel").exists()
+
+    def active_claim(self) -> dict[str, Any] | None:
+        """The live claim, or None if none or stale (heartbeat too old, or a dead
+        process on this host)."""
+        try:
+            st = self.active.stat()
+            claim = json.loads(self.active.read_text())
+        except (OSError, ValueError):
+            return None
+        if time.time() - st.st_mtime > STALE_SECONDS:
+            return None
+        if claim.get("host") == socket.gethostname():
+            try:
+                os.kill(int(claim.get("pid", 0)), 0)
+            except (ProcessLookupError, ValueError):
+                return None
+            except PermissionError:
+                pass
+        return claim
+
+    def attempt_outcomes(self) -> list[Outcome]:
+        out = []
+        if self.attempts.is_dir():
+            for d in sorted(self.attempts.iterdir()):
+                if (d / "outcome.json").exists():
+                    try:
+                        out.append(Outcome.load(d / "outcome.json"))
+                    except (OSError, ValueError, TypeError):
+                        continue
+        return out
+
+    def committed(self) -> Outcome | None:
+        try:
+            return Outcome.load(self.result / "outcome.json")
+        except (OSError, ValueError, TypeError):
+            return None
+
+    # -- worker side -------------------------------------------------------------------
+    def claim(self, worker: str) -> Claim | None:
+        """Take the job for a new attempt, or None if it has a result or a live attempt."""
+        if self.result.exists():
+            return None
+        attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        record = json.dumps({"attempt": attempt, "worker": worker, "host": socket.gethostname(),
+                             "pid": os.getpid(), "started": time.time()})
+        for _ in range(2):
+            try:
+                fd = os.open(self.active, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if self.active_claim() is not None:
+                    return None
+                stale = self.active.with_name(f"active.stale-{uuid.uuid4().hex[:8]}")
+                try:
+                    os.rename(self.active, stale)      # break a dead attempt's claim
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(record)
+            if self.result.exists():                  # committed while we were claiming
+                self.active.unlink()
+                return None
+            (self.attempts / attempt / "output").mkdir(parents=True)
+            return Claim(self, attempt, worker)
+        return None
+
+    def write_outcome(self, claim: Claim, outcome: Outcome) -> None:
+        _write_json(claim.dir / "outcome.json", asdict(outcome))
+
+    def commit(self, claim: Claim) -> bool:
+        """Make this attempt the job's result; False if another attempt already did."""
+        try:
+            os.rename(claim.dir, self.result)
+        except OSError:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(fd)
+            os.close(fd)
+        except OSError:
+            pass
+        return True
