@@ -257,11 +257,11 @@ class BucketRegistry:
             self._checked = time.monotonic()
         return buckets
 
-    def refresh(self) -> None:
+    def refresh(self, force: bool = False) -> None:
         """Re-read if something changed; a bad edit keeps the last good set (and is
         reported in ``last_error``) instead of taking every bucket offline."""
         now = time.monotonic()
-        if now - self._checked < self.refresh_seconds:
+        if not force and now - self._checked < self.refresh_seconds:
             return
         self._checked = now
         if self._current_signature() == self._signature:

@@ -79,6 +79,9 @@ class Dispatcher:
         """Prepare and submit one job; False if it could not be submitted now."""
         bucket = self.registry.by_ae_title(job.bucket_ae)
         if bucket is None:
+            self.registry.refresh(force=True)         # installed a moment ago?
+            bucket = self.registry.by_ae_title(job.bucket_ae)
+        if bucket is None:
             if self.db.commit_result(job.id, "failed", f"bucket {job.bucket_ae} is not installed", None, None,
                                      time.time(), None, 0):
                 self.count(nm.JOB_STATUS_COUNTERS["failed"])
