@@ -86,7 +86,7 @@ def wait_for_values(graphite: LocalGraphite, expected: dict[str, float], timesta
 @pytest.fixture(scope="session")
 def podman(tmp_path_factory):
     """A podman API service with a busybox image (``containers.IMAGE``)."""
-    from containers import Podman
+    from magickbox.localpodman import Podman
     service = Podman(tmp_path_factory.mktemp("podman")).start()
     service.build_busybox_image()
     yield service

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from containers import IMAGE
+from magickbox.localpodman import IMAGE
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu, write_bucket
 from magickbox.db import FINAL_STATUSES
 

@@ -24,7 +24,7 @@ def node(tmp_path):
     data = tmp_path / "node"
     write_bucket(data / "buckets", "ProcQA")
     write_bucket(data / "buckets", "ProcOff", enabled=False)
-    proc = MagickboxProcess(data, quiet_seconds=1.5).start()
+    proc = MagickboxProcess(data, quiet_seconds=1.5, extra_args=["--no-worker"]).start()   # jobs stay queued
     yield proc
     proc.stop()
 

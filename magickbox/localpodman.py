@@ -1,5 +1,10 @@
-"""A rootful podman API service for tests (recipe: runc, cgroupfs, ulimits, images made
-with ``podman import`` from a busybox rootfs), stopped by PID."""
+"""A private rootful podman API service (Docker API on a unix socket) for the tests, the
+benchmarks and laptops without a system podman service: runc, cgroupfs, explicit
+ulimits (no CAP_SYS_RESOURCE needed), storage under ``base``; images are made with
+``podman import`` from a root file system (there is no registry).  Stopped by PID.
+
+    p = Podman(Path("/tmp/pm")).start(); p.build_busybox_image(); print(p.url)
+"""
 from __future__ import annotations
 
 import os
