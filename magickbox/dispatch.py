@@ -31,6 +31,7 @@ from . import node_metrics as nm
 from .buckets import BucketRegistry
 from .db import Database, Job
 from .jobfiles import JobDir, Outcome
+from .periodic import Periodic
 from .store import DicomArchive
 from .studies import uid_ref
 
@@ -69,8 +70,7 @@ class Dispatcher:
         for host, port in servers:
             self.client.addServer(host, port)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("dispatcher", interval, self.reconcile, log, "reconciliation failed")
         self._warned: set[str] = set()
         self.last_start_latency = 0.0
 
@@ -173,19 +173,10 @@ class Dispatcher:
                 self.submit(job)
 
     def start(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self.interval):
-                try:
-                    self.reconcile()
-                except Exception:
-                    log.exception("reconciliation failed; retrying")
-        self._thread = threading.Thread(target=loop, name="dispatcher", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._loop.stop()
         try:
             self.client.shutdown()
         except Exception:

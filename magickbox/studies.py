@@ -24,6 +24,7 @@ import time
 from typing import Callable
 
 from .db import Database, Job, PendingStudy, study_key
+from .periodic import Periodic
 from .series import SeriesRecords
 from .store import DicomArchive
 
@@ -56,8 +57,7 @@ class StudyTracker:
         self._known: set[str] = set()                     # pending keys with a durable row
         self._assoc_keys: dict[object, set[str]] = {}     # association -> keys it carried
         self._dirty: dict[str, tuple[float, int]] = {}    # key -> (last_received, new instances)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: Periodic | None = None
         self.completed = 0
 
     # -- receive side ----------------------------------------------------------------
@@ -144,18 +144,11 @@ class StudyTracker:
         return job
 
     def start(self, interval: float = 0.25) -> None:
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    self.check()
-                except Exception:
-                    log.exception("study completion check failed; retrying")
-        self._thread = threading.Thread(target=loop, name="study-completion", daemon=True)
-        self._thread.start()
+        self._loop = Periodic("study-completion", interval, self.check, log, "study completion check failed")
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._loop is not None:
+            self._loop.stop()
         with self._lock:
             self._flush_locked()

@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 from stability_collector.delivery import DeliveryError, GraphiteAddress, GraphiteSender
 
 from . import node_metrics as nm
+from .periodic import Periodic
 
 __all__ = ["NodeTelemetry"]
 
@@ -40,8 +41,7 @@ class NodeTelemetry:
         self._slot_counts: Counter[str] = Counter()   # reported in the current slot
         self.totals: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("node-telemetry", interval, self.report, log, "node metrics report failed")
         self._warned = False
 
     def count(self, name: str, n: int = 1) -> None:
@@ -82,17 +82,9 @@ class NodeTelemetry:
         return True
 
     def start(self) -> None:
-        if self.sender is None:
-            return
-
-        def loop() -> None:
-            while not self._stop.wait(self.interval):
-                self.report()
-        self._thread = threading.Thread(target=loop, name="node-telemetry", daemon=True)
-        self._thread.start()
+        if self.sender is not None:
+            self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._loop.stop():
             self.report()

@@ -30,6 +30,7 @@ import gear
 
 from .buckets import BucketInfo, BucketRegistry
 from .jobfiles import JobDir, Outcome, decide_status, read_proc_json
+from .periodic import Periodic
 from .runners import ContainerRunner, RunnerError, RunRequest, runner_for
 
 __all__ = ["Worker", "run_attempt", "parse_servers"]
@@ -111,7 +112,8 @@ class Worker:
         self._runners: dict = {}
         self._threads: dict[str, list[tuple[threading.Thread, gear.Worker]]] = {}
         self._stop = threading.Event()
-        self._manager: threading.Thread | None = None
+        self._manager = Periodic("worker-manager", refresh_seconds, self._sync_functions, log,
+                                 "cannot refresh the bucket list")
         self.jobs_done = 0
 
     def _allowed(self, bucket: BucketInfo) -> bool:
@@ -180,18 +182,11 @@ class Worker:
     def start(self) -> None:
         self.registry.load()
         self._sync_functions()
-
-        def manage() -> None:
-            while not self._stop.wait(self.refresh_seconds):
-                try:
-                    self._sync_functions()
-                except Exception:
-                    log.exception("cannot refresh the bucket list")
-        self._manager = threading.Thread(target=manage, name="worker-manager", daemon=True)
         self._manager.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._manager.stop()
         for threads in self._threads.values():
             for _, gw in threads:
                 try:

@@ -112,7 +112,6 @@ class MagickboxProcess:
                 "--dicom-host", "127.0.0.1", "--http-port", str(self.http_port),
                 "--quiet-seconds", str(self.quiet_seconds), "--node-name", "testnode", *self.extra_args]
         if self.config is not None:
-            import tomllib  # noqa: F401  (config written as TOML below)
             cfg = self.data_dir.parent / f"{self.data_dir.name}.toml"
             cfg.write_text(_toml(self.config))
             args += ["--config", str(cfg)]

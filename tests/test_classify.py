@@ -7,7 +7,6 @@ import json
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
 from dicom_helpers import MagickboxProcess, make_study, storescu, write_bucket
 from magickbox.classify import ClassifyRules, RulesError, instance_lookup

@@ -3,7 +3,6 @@ with the sample reports (and sample magickbox node metrics)."""
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import json
 import random
 import shutil
@@ -14,7 +13,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml

@@ -4,8 +4,6 @@ and fault injection (gearmand / worker / node killed)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import threading

@@ -1,8 +1,6 @@
 """The committed sample reports are what the generator produces, and they are valid."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from conftest import REPO
 from stability_collector.metrics import summaries
 from stability_collector.report import read_report
