@@ -229,6 +229,7 @@ class StorageReceiver:
         if sop != command_sop:
             return self._refuse(STATUS_UID_MISMATCH, called, calling, ip,
                                 "the data set's SOP Instance UID differs from the C-STORE request's")
+        study_key = self.tracker.study_opened(event.assoc, called, calling, ip, study)
         try:
             stored = self.archive.store(study, series, sop, file_meta(sop_class, sop, transfer_syntax, calling),
                                         buffer)
@@ -240,7 +241,7 @@ class StorageReceiver:
             self.series.update(study, series, header, stored.outcome is StoreOutcome.NEW)
         except OSError as exc:   # derived data; the instance itself is safe
             log.error("series record of study#%s not updated: %s", uid_ref(study), exc)
-        self.tracker.instance_received(event.assoc, called, calling, ip, study)
+        self.tracker.instance_stored(study_key)
         self.telemetry.count(nm.INSTANCES_RECEIVED)
         if stored.outcome is not StoreOutcome.NEW:
             log.info("duplicate instance in study#%s from %s: %s", uid_ref(study), calling, stored.outcome.value)

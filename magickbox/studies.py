@@ -6,7 +6,7 @@ A study is identified by (called AE title, calling AE title, StudyInstanceUID). 
 classification (:meth:`Database.complete_study`).
 
 State is on disk: the first instance of a study in an association durably inserts (or
-re-opens) its ``pending_studies`` row before that instance is acknowledged; the time of
+re-opens) its ``pending_studies`` row before that instance is archived; the time of
 the latest instance is written at most every ``flush_seconds`` and when an association
 ends.  After a restart every pending study counts as having no open association and
 completes ``quiet_seconds`` after its last instance — a node killed in the middle of a
@@ -61,18 +61,24 @@ class StudyTracker:
         self.completed = 0
 
     # -- receive side ----------------------------------------------------------------
-    def instance_received(self, assoc: object, called: str, calling: str, ip: str, study: str) -> None:
-        """Call *before* acknowledging an archived instance."""
+    def study_opened(self, assoc: object, called: str, calling: str, ip: str, study: str) -> str:
+        """Call *before* archiving an instance: makes sure the study's pending row is on
+        disk (so an instance that reaches the archive always leads to a job, even if the
+        node dies right after).  Returns the study key for :meth:`instance_stored`."""
         key = study_key(called, calling, study)
-        now = self.clock()
         with self._lock:
             keys = self._assoc_keys.setdefault(assoc, set())
             first_in_assoc = key not in keys
             if first_in_assoc or key not in self._known:
-                # durable before the ack: the study exists and an association is open on it
-                self.db.upsert_pending(key, called, calling, ip, study, now, new_association=first_in_assoc)
+                self.db.upsert_pending(key, called, calling, ip, study, self.clock(), new_association=first_in_assoc)
                 keys.add(key)
                 self._known.add(key)
+        return key
+
+    def instance_stored(self, key: str) -> None:
+        """Call after an instance was archived (before acknowledging it)."""
+        now = self.clock()
+        with self._lock:
             last, count = self._dirty.get(key, (now, 0))
             self._dirty[key] = (max(last, now), count + 1)
 
