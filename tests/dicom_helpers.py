@@ -75,6 +75,19 @@ def storescu(port: int, called: str, files: list[Path] | list[str], calling: str
     return proc
 
 
+def acknowledged_files(storescu_output: str) -> list[Path]:
+    """The files ``storescu -v`` got a Success response for."""
+    import re
+    acked, current = [], None
+    for line in storescu_output.splitlines():
+        m = re.search(r"Sending file: (\S+)", line)
+        if m:
+            current = m.group(1)
+        elif "Received Store Response (Success)" in line and current:
+            acked.append(Path(current))
+    return acked
+
+
 def dataset_bytes(path: Path) -> bytes:
     """The data set of a DICOM file, after its File Meta Information."""
     with open(path, "rb") as fh:

@@ -15,7 +15,7 @@ import pytest
 import pydicom.data
 from pydicom.uid import generate_uid
 
-from dicom_helpers import (MAGICKBOX, STORESCU_TS_FLAGS, MagickboxProcess, dataset_bytes, make_study, storescu,
+from dicom_helpers import (MAGICKBOX, STORESCU_TS_FLAGS, MagickboxProcess, acknowledged_files, dataset_bytes, make_study, storescu,
                            write_bucket)
 
 
@@ -285,14 +285,7 @@ def test_sigkill_during_send_loses_no_acknowledged_instance(tmp_path):
             time.sleep(0.02)
         node.kill()
         output, _ = sender.communicate(timeout=60)
-        acknowledged = []
-        current = None
-        for line in output.splitlines():
-            m = re.search(r"Sending file: (\S+)", line)
-            if m:
-                current = m.group(1)
-            elif "Received Store Response (Success)" in line and current:
-                acknowledged.append(Path(current))
+        acknowledged = acknowledged_files(output)
         assert 60 <= len(acknowledged) < 300, len(acknowledged)
         by_name = {p.name: p for p in node.archived()}
         for src in acknowledged:

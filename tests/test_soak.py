@@ -7,29 +7,17 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import subprocess
 import time
 from pathlib import Path
 
 import pydicom
 
-from dicom_helpers import MagickboxProcess, dataset_bytes, make_study, write_bucket
+from dicom_helpers import MagickboxProcess, acknowledged_files, dataset_bytes, make_study, write_bucket
 
 LONG = os.environ.get("HOPS_LONG") == "1"
 ROUNDS = 20 if LONG else 2
 IMAGES = 200 if LONG else 60
-
-
-def _acknowledged(output: str) -> list[Path]:
-    acked, current = [], None
-    for line in output.splitlines():
-        m = re.search(r"Sending file: (\S+)", line)
-        if m:
-            current = m.group(1)
-        elif "Received Store Response (Success)" in line and current:
-            acked.append(Path(current))
-    return acked
 
 
 def test_repeated_sigkill_while_receiving_loses_nothing(tmp_path):
@@ -53,7 +41,7 @@ def test_repeated_sigkill_while_receiving_loses_nothing(tmp_path):
             time.sleep(rng.uniform(0.05, 0.6))
             node.kill()
             out, _ = sender.communicate(timeout=120)
-            all_acked += _acknowledged(out)
+            all_acked += acknowledged_files(out)
         node.start()
         jobs = node.wait_jobs(len([s for s in studies if (data / "archive" / s).exists()]), timeout=120)
     finally:
