@@ -8,7 +8,8 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "stability_collector" / "__init__.py").read_text()).group(1)
 
 setup(
-    name="hops",
+    # "hops" on the public index is an unrelated project: the distribution is hops-mri
+    name="hops-mri",
     version=VERSION,
     description="HOPS: MRI phantom stability monitoring and a MagickBox-style DICOM processing node, "
                 "feeding Graphite/Grafana",
@@ -28,11 +29,16 @@ setup(
         "pyyaml>=6",
         "gear>=0.16",
         "docker>=6",
+        # reading datapoints back from whisper files (demo, tests, operators' checks)
+        "whisper>=1.1",
     ],
     extras_require={
-        # diamond-next imports pkg_resources, which setuptools 81 removed
+        # diamond-next imports pkg_resources, which setuptools 81 removed.  Its sdist cannot be
+        # built in pip's isolated build environment: install it first with
+        # deploy/diamond/install-diamond.sh (the README's Diamond steps), then this extra.
         "diamond": ["diamond-next==5.0.0", "setuptools<81"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "whisper>=1.1", "grafanalib>=0.7", "diamond-next==5.0.0",
+        # the test suite also needs diamond-next (deploy/local/venv.sh test installs it first)
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "grafanalib>=0.7", "diamond-next==5.0.0",
                  "setuptools<81"],
     },
     entry_points={

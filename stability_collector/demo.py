@@ -58,6 +58,7 @@ def run_demo(directory: str | None = None, serve: bool = False, web: bool = True
                 print("  ", r.describe())
             return 1
         print("\nRead back from whisper (summary.snr_mean per scan, oldest first):")
+        not_found: list[str] = []
         for source in sources:
             archived = sorted((source.directory / "ingested").iterdir())
             by_coil: dict[str, list[float]] = {}
@@ -71,11 +72,18 @@ def run_demo(directory: str | None = None, serve: bool = False, web: bool = True
                     if value is not None:
                         break
                     time.sleep(0.1)
-                if value is not None:
+                if value is None:
+                    not_found.append(f"{path_snr} at {metrics.timestamp} ({path.name})")
+                else:
                     by_coil.setdefault(path_snr, []).append(value)
             for metric, values in by_coil.items():
                 print(f"  {metric}: {len(values)} scans, {min(values):.1f} .. {max(values):.1f}")
                 print(f"    {_sparkline(values)}")
+        if not_found or not by_coil:
+            print(f"\nERROR: {len(not_found)} delivered scans were not found in whisper:")
+            for line in not_found[:10]:
+                print("  ", line)
+            return 1
         if web:
             query = urllib.parse.urlencode({
                 "target": "aliasByNode(hops.stability.*.*.summary.snr_mean, 2, 3)",

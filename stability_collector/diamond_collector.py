@@ -1,6 +1,6 @@
 """Diamond adapter: ``StabilityCollector`` runs the HOPS ingest core inside Diamond.
 
-Drop-in instructions are in ``deploy/diamond/README.md``.  The collector is a thin
+Drop-in instructions are in the README ("Running it inside Diamond").  The collector is a thin
 adapter: the parser, metric names, confirmed delivery, settle/quarantine and archive
 rules are exactly those of ``hops-stability ingest`` (:mod:`stability_collector.ingest`).
 

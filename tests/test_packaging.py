@@ -11,7 +11,7 @@ from conftest import REPO
 def test_wheel_contains_packages_data_and_console_scripts(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
-    wheel = next(tmp_path.glob("hops-*.whl"))
+    wheel = next(tmp_path.glob("hops_mri-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
