@@ -189,3 +189,44 @@ def _toml(data: dict, prefix: str = "") -> str:
         name = f"{prefix}.{key}" if prefix else key
         out += f"\n[{name}]\n" + _toml(value, name)
     return out
+
+
+class StorescpPeer:
+    """dcmtk ``storescp`` as a receiving PACS on a free loopback port, storing every
+    instance under ``out`` as received (``+B``); stopped by PID.  ``accept_all`` proposes
+    every transfer syntax (``+xa``); without it storescp takes only uncompressed ones."""
+
+    def __init__(self, out: Path, ae_title: str = "PACS", accept_all: bool = True):
+        self.out, self.ae_title, self.accept_all = out, ae_title, accept_all
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "StorescpPeer":
+        self.out.mkdir(parents=True, exist_ok=True)
+        args = ["/usr/bin/storescp", "+B", *(["+xa"] if self.accept_all else []), "-aet", self.ae_title,
+                "-od", str(self.out), str(self.port)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=dict(os.environ, TCP_NODELAY="1"))
+        wait_for_port(self.port, proc=self.proc, what="storescp")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def received_uids(self) -> set[str]:
+        """SOP Instance UIDs of everything stored so far."""
+        return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                for p in self.out.iterdir() if p.is_file()}
+
+    def __enter__(self) -> "StorescpPeer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

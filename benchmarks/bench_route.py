@@ -1,0 +1,75 @@
+"""Routing send throughput of magickbox's storage SCU against dcmtk ``storescu``.
+
+Both send the same generated study (the generator of ``bench_receive.py``) to the same
+dcmtk ``storescp`` (plain, ``TCP_NODELAY=1``) over loopback in this run, one association
+each, alternating, median of ``--rounds``.  The sender is what routing uses
+(:func:`magickbox.results.send.send_files`); files go out in their own transfer syntax.
+
+Prints images/s for both and the ratio magickbox / storescu.  **Target >= 0.5**
+(a plain pynetdicom sender without TCP_NODELAY reaches about 0.03).
+
+    python benchmarks/bench_route.py [--images 500] [--size-kb 130] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_receive import generate_study, run_storescp, send, stop  # noqa: E402
+
+from magickbox.results.send import Destination, send_files  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=500)
+    ap.add_argument("--size-kb", type=int, default=130)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="hops-bench-route-"))
+    try:
+        files = generate_study(base / "study", args.images, args.size_kb)
+        timings: dict[str, list[float]] = {"storescu": [], "magickbox": []}
+        for r in range(args.rounds):
+            for name in timings:
+                target = base / f"{name}-{r}"
+                proc, port = run_storescp(target)
+                try:
+                    if name == "storescu":
+                        timings[name].append(send(port, "PACS", files))
+                    else:
+                        started = time.perf_counter()
+                        report = send_files(files, Destination("127.0.0.1", port, "PACS", "BENCH"))
+                        timings[name].append(time.perf_counter() - started)
+                        if not report.ok or len(report.sent) != len(files):
+                            raise SystemExit(f"magickbox send failed: {report.summary()}")
+                finally:
+                    stop(proc)
+                received = sum(1 for _ in target.iterdir())
+                if received != len(files):
+                    raise SystemExit(f"{name}: storescp stored {received} of {len(files)} files")
+                shutil.rmtree(target, ignore_errors=True)
+        med = {k: statistics.median(v) for k, v in timings.items()}
+        rate = {k: args.images / v for k, v in med.items()}
+        print(f"study: {args.images} MR images of {args.size_kb} KB to dcmtk storescp, one association, "
+              f"median of {args.rounds}")
+        for k in timings:
+            print(f"  {k:<10} {rate[k]:7.0f} img/s  ({med[k]:.2f} s)")
+        ratio = rate["magickbox"] / rate["storescu"]
+        print(f"ratio magickbox send / dcmtk storescu: {ratio:.2f}x  (target >= 0.5)"
+              + ("  OK" if ratio >= 0.5 else "  BELOW TARGET"))
+        return 0 if ratio >= 0.5 else 1
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
