@@ -1,0 +1,327 @@
+"""A bucket's measures (``measures.json``) as Graphite datapoints, never with patient data.
+
+``measures.json`` (written by a bucket into its output folder), version 1::
+
+    {"version": 1,
+     "prefix": "hops.stability.prisma1.32ch.fbirn",   # optional, see below
+     "time": "2025-01-07T07:31:46",                   # optional: acquisition time of the data
+     "measures": [
+        {"name": "snr", "value": 123.4, "unit": "", "labels": {"roi": "21x21"}},
+        {"name": "slice.12.sfnr", "value": 98.1, "time": "2025-01-07T07:31:46+01:00"}]}
+
+* ``name``: dot-separated components of ``[A-Za-z0-9_-]``; ``value``: a finite number;
+  ``unit`` and ``labels`` are kept on the job record, not in the metric path.
+* Time of a datapoint: the measure's ``time``, else the file's ``time``, else the study's
+  acquisition date and time (``AcquisitionDateTime``, ``AcquisitionDate``+``Time``,
+  ``SeriesDate``+``Time``, ``StudyDate``+``Time``), all in the node's configured time zone
+  when they carry no offset.  Never the processing time: a measure with no time at all
+  is refused.
+* Metric path: ``hops.measures.<bucket>.<subject key>.<name>``, where the subject key
+  comes from the node's policy (:class:`SubjectPolicy`): the StationName, a site alias of
+  the device serial number, a fixed alias, or a salted hash; never PatientName,
+  PatientID, AccessionNumber, birth date or UIDs.  A bucket allowed to (its ``info.json``
+  lists the prefix under ``measures.prefixes``) may give its own ``prefix`` instead, e.g.
+  to put phantom values into the ``hops.stability.<scanner>.<coil>`` tree.
+* Every path is checked against the study's identifying values (:func:`phi_values`): a
+  component that contains one of them, or looks like a UID or a date of birth, is
+  refused.  A refused measures file is reported with the reason and nothing is sent.
+
+Delivery: :class:`MeasureOutbox` keeps the datapoints of each job in a durable file until
+carbon confirmed them (the confirmed sender of the stability half), across restarts.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from zoneinfo import ZoneInfo
+
+from stability_collector.delivery import DeliveryError, GraphiteSender
+
+__all__ = ["MeasuresError", "Measure", "MeasureSet", "SubjectPolicy", "parse_measures", "load_measures",
+           "datapoint_lines", "phi_values", "study_time", "MeasureOutbox"]
+
+_COMPONENT = re.compile(r"[A-Za-z0-9_-]+")
+_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+PHI_KEYWORDS = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate",
+                "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyID", "InstitutionName",
+                "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "IssuerOfPatientID")
+
+
+class MeasuresError(ValueError):
+    """measures.json is invalid or would put identifying data into a metric path."""
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    value: float
+    unit: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    time: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class MeasureSet:
+    measures: tuple[Measure, ...]
+    prefix: str = ""
+    time: dt.datetime | None = None
+
+
+def _parse_time(where: str, value: Any, tz: dt.tzinfo) -> dt.datetime:
+    if not isinstance(value, str):
+        raise MeasuresError(f"{where}: time must be an ISO 8601 string, not {value!r}")
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise MeasuresError(f"{where}: time {value!r} is not ISO 8601 (YYYY-MM-DDTHH:MM:SS[+HH:MM])") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+
+
+def parse_measures(text: str, tz: dt.tzinfo, source: str = "measures.json") -> MeasureSet:
+    """Parse and validate a measures file; :class:`MeasuresError` names the file and entry."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MeasuresError(f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise MeasuresError(f"{source}: expected an object with 'measures'")
+    if data.get("version", 1) != 1:
+        raise MeasuresError(f"{source}: 'version' {data.get('version')!r} is not supported (1)")
+    unknown = set(data) - {"version", "prefix", "time", "measures", "subject", "comment"}
+    if unknown:
+        raise MeasuresError(f"{source}: unknown key(s) {sorted(unknown)}")
+    prefix = data.get("prefix", "")
+    if prefix and (not isinstance(prefix, str) or not _NAME.fullmatch(prefix)):
+        raise MeasuresError(f"{source}: 'prefix' must be dot-separated [A-Za-z0-9_-] components, not {prefix!r}")
+    default_time = _parse_time(f"{source}: 'time'", data["time"], tz) if "time" in data else None
+    raw = data.get("measures")
+    if not isinstance(raw, list):
+        raise MeasuresError(f"{source}: 'measures' must be a list")
+    measures = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        where = f"{source}: measures[{i}]"
+        if not isinstance(entry, dict):
+            raise MeasuresError(f"{where}: must be an object with 'name' and 'value'")
+        extra = set(entry) - {"name", "value", "unit", "labels", "time"}
+        if extra:
+            raise MeasuresError(f"{where}: unknown key(s) {sorted(extra)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise MeasuresError(f"{where}: 'name' must be dot-separated [A-Za-z0-9_-] components, not {name!r}")
+        if name in seen:
+            raise MeasuresError(f"{where}: 'name' {name!r} appears twice")
+        seen.add(name)
+        value = entry.get("value")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise MeasuresError(f"{where} ({name}): 'value' must be a finite number, not {value!r}")
+        labels = entry.get("labels", {})
+        if not isinstance(labels, dict) or not all(isinstance(k, str) for k in labels):
+            raise MeasuresError(f"{where} ({name}): 'labels' must be an object")
+        unit = entry.get("unit", "")
+        if not isinstance(unit, str):
+            raise MeasuresError(f"{where} ({name}): 'unit' must be a string")
+        when = _parse_time(f"{where} ({name})", entry["time"], tz) if "time" in entry else None
+        measures.append(Measure(name, float(value), unit, {k: str(v) for k, v in labels.items()}, when))
+    return MeasureSet(tuple(measures), prefix, default_time)
+
+
+def load_measures(path: Path, tz: dt.tzinfo) -> MeasureSet | None:
+    """The measures of an output folder's ``measures.json`` (None when there is none)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MeasuresError(f"{path}: cannot read: {exc}") from None
+    return parse_measures(text, tz, str(path))
+
+
+# -- who the measures are about -----------------------------------------------------------------
+def _safe_token(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text.strip()).strip("_")[:64]
+
+
+@dataclass(frozen=True)
+class SubjectPolicy:
+    """How a bucket's measures are keyed: ``source`` is ``"station"`` (StationName),
+    ``"serial"`` (DeviceSerialNumber through ``aliases``; unknown serials are hashed),
+    ``"alias"`` (the fixed ``alias``) or ``"hash"`` (salted SHA-256 of StationName and
+    DeviceSerialNumber, 12 hex digits)."""
+    source: str = "station"
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    alias: str = ""
+    salt: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source not in ("station", "serial", "alias", "hash"):
+            raise MeasuresError(f"subject source must be station, serial, alias or hash, not {self.source!r}")
+        if self.source == "alias" and not _COMPONENT.fullmatch(self.alias or ""):
+            raise MeasuresError(f"subject alias must be a [A-Za-z0-9_-] token, not {self.alias!r}")
+
+    def _hash(self, header: Mapping[str, str]) -> str:
+        text = f"{self.salt}|{header.get('StationName', '')}|{header.get('DeviceSerialNumber', '')}"
+        return "h" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def key(self, header: Mapping[str, str]) -> str:
+        """The subject key for a study with these (safe) header values."""
+        if self.source == "alias":
+            return self.alias
+        if self.source == "hash":
+            return self._hash(header)
+        if self.source == "serial":
+            serial = header.get("DeviceSerialNumber", "").strip()
+            return self.aliases.get(serial) or self._hash(header)
+        station = _safe_token(header.get("StationName", ""))
+        return station or "unknown_station"
+
+
+def phi_values(header: Mapping[str, str]) -> set[str]:
+    """Identifying values of the study (lower case, at least 3 characters), including the
+    parts of person names."""
+    values: set[str] = set()
+    for key in PHI_KEYWORDS:
+        text = str(header.get(key, "") or "").strip()
+        if not text:
+            continue
+        values.add(text.lower())
+        for part in re.split(r"[\^ ,.\\/=-]+", text):
+            if len(part) >= 3:
+                values.add(part.lower())
+    return {v for v in values if len(v) >= 3}
+
+
+def _check_path(path: str, phi: set[str]) -> None:
+    for component in path.split("."):
+        low = component.lower()
+        if re.fullmatch(r"\d{8,}", component) or re.fullmatch(r"(19|20)\d{6}", component):
+            raise MeasuresError(f"metric path component {component!r} looks like a UID or a date: refused")
+        for value in phi:
+            if value in low:
+                raise MeasuresError("a metric path would contain an identifying value of the study "
+                                    "(patient, accession or UID field): refused")
+
+
+def study_time(header: Mapping[str, str], tz: dt.tzinfo) -> dt.datetime | None:
+    """The acquisition time of the study from its header (DICOM DA/TM/DT strings)."""
+    def from_dt(text: str) -> dt.datetime | None:
+        m = re.fullmatch(r"(\d{8})(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?", text.strip())
+        if not m:
+            return None
+        day = dt.datetime.strptime(m.group(1), "%Y%m%d")
+        moment = day.replace(hour=int(m.group(2) or 0), minute=int(m.group(3) or 0), second=int(m.group(4) or 0))
+        if m.group(5):
+            sign = 1 if m.group(5)[0] == "+" else -1
+            offset = dt.timedelta(hours=int(m.group(5)[1:3]), minutes=int(m.group(5)[3:5])) * sign
+            return moment.replace(tzinfo=dt.timezone(offset))
+        return moment.replace(tzinfo=tz)
+
+    if header.get("AcquisitionDateTime"):
+        found = from_dt(header["AcquisitionDateTime"])
+        if found:
+            return found
+    for date_key, time_key in (("AcquisitionDate", "AcquisitionTime"), ("SeriesDate", "SeriesTime"),
+                               ("StudyDate", "StudyTime")):
+        if header.get(date_key):
+            found = from_dt(header[date_key].strip() + (header.get(time_key) or "").strip()[:6])
+            if found:
+                return found
+    return None
+
+
+def datapoint_lines(measure_set: MeasureSet, bucket: str, header: Mapping[str, str], policy: SubjectPolicy,
+                    tz: dt.tzinfo, allowed_prefixes: Iterable[str] = ()) -> list[str]:
+    """Graphite plaintext lines (``path value epoch``) for a job's measures.
+
+    ``header``: the study's header values by keyword (identifying ones are used only to
+    check that none reaches a path).  Raises :class:`MeasuresError` for a prefix the
+    bucket may not use, a measure without any time, or a path that would carry
+    identifying data."""
+    if not _COMPONENT.fullmatch(bucket):
+        raise MeasuresError(f"bucket name {bucket!r} is not a metric-safe token")
+    if measure_set.prefix:
+        allowed = [p.rstrip(".") for p in allowed_prefixes]
+        if not any(measure_set.prefix == p or measure_set.prefix.startswith(p + ".") for p in allowed):
+            raise MeasuresError(f"prefix {measure_set.prefix!r} is not allowed for bucket {bucket!r} "
+                                f"(its info.json lists {allowed or 'none'} under measures.prefixes)")
+        root = measure_set.prefix
+        granted = max((p for p in allowed if measure_set.prefix.startswith(p)), key=len)
+        from_data = measure_set.prefix[len(granted):].strip(".")
+    else:
+        from_data = policy.key(header)
+        root = f"hops.measures.{bucket}.{from_data}"
+    fallback = measure_set.time or study_time(header, tz)
+    phi = phi_values(header)
+    if from_data:
+        _check_path(from_data, phi)    # what the site configured (bucket, allowed prefix) is not data
+    lines = []
+    for m in measure_set.measures:
+        when = m.time or fallback
+        if when is None:
+            raise MeasuresError(f"measure {m.name!r} has no time and the study has no acquisition date/time: "
+                                "refused (measures are never stamped with the processing time)")
+        _check_path(m.name, phi)
+        path = f"{root}.{m.name}"
+        lines.append(f"{path} {m.value!r} {int(when.timestamp())}")
+    return lines
+
+
+# -- durable delivery ------------------------------------------------------------------------
+class MeasureOutbox:
+    """Datapoints waiting for carbon's confirmation, one file per job in ``directory``.
+
+    :meth:`put` writes the lines durably (temporary file, fsync, rename, directory fsync)
+    before it returns; :meth:`flush` delivers each file with the confirmed sender and
+    removes it only after carbon confirmed it.  Files survive restarts; a job's file is
+    replaced as a whole, so a job re-committed after a crash is not sent twice."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def put(self, job_key: str, lines: list[str]) -> Path:
+        if not _COMPONENT.fullmatch(job_key):
+            raise ValueError(f"job key {job_key!r} is not a file-safe token")
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        target = self.directory / f"{job_key}.txt"
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".part")
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write("".join(line + "\n" for line in lines))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return target
+
+    def pending(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob("*.txt"))
+
+    def flush(self, sender: GraphiteSender) -> tuple[int, str]:
+        """Deliver what is pending: ``(files delivered, last error or "")``; stops at the
+        first failure (carbon down) and keeps the rest."""
+        delivered = 0
+        for path in self.pending():
+            try:
+                sender.deliver(path.read_bytes())
+            except DeliveryError as exc:
+                return delivered, str(exc)
+            path.unlink()
+            delivered += 1
+        return delivered, ""

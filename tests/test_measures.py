@@ -1,0 +1,114 @@
+"""measures.json: validation, metric paths without patient data, study-time stamps, and
+durable delivery into a real carbon-cache."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from conftest import wait_for_values
+from magickbox.results.measures import (MeasureOutbox, MeasuresError, SubjectPolicy, datapoint_lines,
+                                        parse_measures, study_time)
+from stability_collector.delivery import GraphiteAddress, GraphiteSender
+
+TZ = ZoneInfo("America/New_York")
+HEADER = {"StationName": "MR-PRISMA 1", "DeviceSerialNumber": "166012", "PatientName": "Doe^Jane",
+          "PatientID": "MRN778899", "AccessionNumber": "ACC4455", "PatientBirthDate": "19800101",
+          "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1", "StudyDate": "20250107", "StudyTime": "073146",
+          "AcquisitionDate": "20250107", "AcquisitionTime": "073512.250"}
+
+
+def doc(**extra):
+    return json.dumps({"version": 1, "measures": [{"name": "snr", "value": 101.5, "unit": ""},
+                                                  {"name": "slice.12.sfnr", "value": 88}], **extra})
+
+
+def test_default_path_and_study_time():
+    lines = datapoint_lines(parse_measures(doc(), TZ), "ProcQA", HEADER, SubjectPolicy("station"), TZ)
+    when = int(dt.datetime(2025, 1, 7, 7, 35, 12, tzinfo=TZ).timestamp())
+    assert lines == [f"hops.measures.ProcQA.MR-PRISMA_1.snr 101.5 {when}",
+                     f"hops.measures.ProcQA.MR-PRISMA_1.slice.12.sfnr 88.0 {when}"]
+
+
+def test_time_precedence_and_no_processing_time():
+    ms = parse_measures(json.dumps({"time": "2024-03-01T10:00:00", "measures": [
+        {"name": "a", "value": 1}, {"name": "b", "value": 2, "time": "2024-03-02T10:00:00+00:00"}]}), TZ)
+    lines = datapoint_lines(ms, "B", HEADER, SubjectPolicy("alias", alias="scanner1"), TZ)
+    assert lines[0].endswith(str(int(dt.datetime(2024, 3, 1, 10, tzinfo=TZ).timestamp())))
+    assert lines[1].endswith(str(int(dt.datetime(2024, 3, 2, 10, tzinfo=dt.timezone.utc).timestamp())))
+    no_time = {k: v for k, v in HEADER.items() if "Date" not in k and "Time" not in k}
+    with pytest.raises(MeasuresError, match="never stamped with the processing time"):
+        datapoint_lines(parse_measures(doc(), TZ), "B", no_time, SubjectPolicy("alias", alias="x"), TZ)
+    assert study_time({"AcquisitionDateTime": "20250107073512.5+0100"}, TZ) == dt.datetime(
+        2025, 1, 7, 7, 35, 12, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"measures": [{"name": "a b", "value": 1}]}', "measures[0]: 'name' must be"),
+    ('{"measures": [{"name": "a", "value": "NaN"}]}', "measures[0] (a): 'value' must be a finite number"),
+    ('{"measures": [{"name": "a", "value": 1e999}]}', "finite number"),
+    ('{"measures": [{"name": "a", "value": 1}, {"name": "a", "value": 2}]}', "appears twice"),
+    ('{"measures": [{"name": "a", "value": 1, "time": "yesterday"}]}', "is not ISO 8601"),
+    ('{"version": 2, "measures": []}', "'version' 2 is not supported"),
+    ('{"measures": [], "prefix": "hops..x"}', "'prefix' must be"),
+    ('[1, 2', "not valid JSON at line 1"),
+])
+def test_invalid_measures_named(text, message):
+    with pytest.raises(MeasuresError) as err:
+        parse_measures(text, TZ, "out/measures.json")
+    assert str(err.value).startswith("out/measures.json") and message in str(err.value), str(err.value)
+
+
+def test_no_phi_value_can_reach_a_metric_path():
+    """Every identifying value of the study, put wherever a bucket or a header could put
+    it into a path (measure name, prefix, station name used as subject key), is refused."""
+    identifying = ["Doe", "Jane", "MRN778899", "ACC4455", "19800101", "1.2.826.0.1.3680043.8.498.1"]
+    allowed = ["hops.stability"]
+    for value in identifying:
+        token = value.replace(".", "_")
+        for measure_set in (
+                parse_measures(json.dumps({"measures": [{"name": f"x.{token}", "value": 1}]}), TZ),
+                parse_measures(json.dumps({"prefix": f"hops.stability.{token}.32ch",
+                                           "measures": [{"name": "snr", "value": 1}]}), TZ)):
+            with pytest.raises(MeasuresError, match="refused"):
+                datapoint_lines(measure_set, "ProcQA", HEADER, SubjectPolicy("station"), TZ, allowed)
+        with pytest.raises(MeasuresError, match="refused"):
+            datapoint_lines(parse_measures(doc(), TZ), "ProcQA", {**HEADER, "StationName": value},
+                            SubjectPolicy("station"), TZ)
+    # and what goes through holds none of them
+    ok = datapoint_lines(parse_measures(doc(), TZ), "ProcQA", HEADER, SubjectPolicy("hash", salt="s"), TZ)
+    for line in ok:
+        path = line.split()[0].lower()
+        assert not any(v.lower() in path for v in identifying + ["doe^jane"])
+
+
+def test_prefix_needs_permission_and_serial_aliases():
+    ms = parse_measures(doc(prefix="hops.stability.prisma1.32ch.fbirn"), TZ)
+    with pytest.raises(MeasuresError, match="not allowed for bucket"):
+        datapoint_lines(ms, "ProcQA", HEADER, SubjectPolicy(), TZ)
+    lines = datapoint_lines(ms, "ProcQA", HEADER, SubjectPolicy(), TZ, ["hops.stability"])
+    assert lines[0].startswith("hops.stability.prisma1.32ch.fbirn.snr ")
+    policy = SubjectPolicy("serial", aliases={"166012": "prisma1"})
+    assert datapoint_lines(parse_measures(doc(), TZ), "Q", HEADER, policy, TZ)[0].startswith("hops.measures.Q.prisma1.")
+    unknown = datapoint_lines(parse_measures(doc(), TZ), "Q", {**HEADER, "DeviceSerialNumber": "9"}, policy, TZ)
+    assert unknown[0].split(".")[3].startswith("h") and "9" != unknown[0].split(".")[3]
+
+
+def test_outbox_keeps_measures_until_carbon_confirms(tmp_path, own_carbon):
+    lines = datapoint_lines(parse_measures(doc(), TZ), "ProcOutbox", HEADER, SubjectPolicy("alias", alias="s1"), TZ)
+    outbox = MeasureOutbox(tmp_path / "outbox")
+    outbox.put("job17", lines)
+    sender = GraphiteSender(GraphiteAddress.parse(own_carbon.line_address), timeout=3)
+    own_carbon.stop_carbon()
+    delivered, error = outbox.flush(sender)
+    assert delivered == 0 and error and [p.name for p in outbox.pending()] == ["job17.txt"]
+    # a restart of the node: a new outbox object on the same directory still has it
+    own_carbon.start_carbon()
+    delivered, error = MeasureOutbox(tmp_path / "outbox").flush(sender)
+    assert (delivered, error) == (1, "") and outbox.pending() == []
+    when = int(dt.datetime(2025, 1, 7, 7, 35, 12, tzinfo=TZ).timestamp())
+    found = wait_for_values(own_carbon, {"hops.measures.ProcOutbox.s1.snr": 101.5,
+                                         "hops.measures.ProcOutbox.s1.slice.12.sfnr": 88.0}, when)
+    assert found == {"hops.measures.ProcOutbox.s1.snr": 101.5, "hops.measures.ProcOutbox.s1.slice.12.sfnr": 88.0}
