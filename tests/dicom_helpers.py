@@ -230,3 +230,63 @@ class StorescpPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class OrthancPeer:
+    """A private Orthanc (Debian ``orthanc``) on free loopback ports: a real PACS that
+    receives by C-STORE and tells over its REST API what it holds; stopped by PID."""
+
+    def __init__(self, directory: Path, ae_title: str = "ORTHANC", modalities: dict | None = None):
+        self.directory, self.ae_title = directory, ae_title
+        self.http_port, self.dicom_port = free_port(), free_port()
+        self.modalities = modalities or {}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "OrthancPeer":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = {"Name": "HOPS-TEST", "StorageDirectory": str(self.directory / "db"),
+                  "IndexDirectory": str(self.directory / "db"), "HttpPort": self.http_port,
+                  "DicomPort": self.dicom_port, "DicomAet": self.ae_title, "RemoteAccessAllowed": False,
+                  "AuthenticationEnabled": False, "DicomCheckCalledAet": True, "HttpBindAddress": "127.0.0.1",
+                  "DicomModalities": self.modalities, "Plugins": []}
+        path = self.directory / "orthanc.json"
+        path.write_text(json.dumps(config))
+        exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        self.log = open(self.directory / "orthanc.log", "wb")
+        self.proc = subprocess.Popen([exe, str(path)], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_port(self.http_port, proc=self.proc, what="Orthanc (HTTP)")
+        wait_for_port(self.dicom_port, proc=self.proc, what="Orthanc (DICOM)")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def received_uids(self) -> set[str]:
+        """SOP Instance UIDs of every instance Orthanc holds."""
+        return {self.get(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"] for i in self.get("/instances")}
+
+    def instance_file(self, sop_instance_uid: str) -> bytes:
+        found = [i for i in self.get("/instances")
+                 if self.get(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"] == sop_instance_uid]
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/instances/{found[0]}/file",
+                                    timeout=30) as resp:
+            return resp.read()
+
+    def __enter__(self) -> "OrthancPeer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

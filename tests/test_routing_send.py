@@ -257,3 +257,26 @@ def test_which_sends_only_matching_files(tmp_path):
         outcome = execute_plan(plan, t1 + other, send_files)
         assert outcome.delivered
         assert pacs.received_uids() == {read_part10_header(f).sop_instance_uid for f in t1}
+
+
+def test_send_to_orthanc_pacs(tmp_path):
+    """Orthanc, a real PACS, receives every file in its own transfer syntax (compressed
+    ones included) and refuses a wrong called AE title."""
+    from dicom_helpers import OrthancPeer
+    files = make_study(tmp_path / "out", 3) + [Path(get_testdata_file("JPEG2000.dcm")),
+                                               Path(get_testdata_file("MR_small_RLE.dcm"))]
+    with OrthancPeer(tmp_path / "orthanc") as pacs:
+        wrong = send_files(files, Destination("127.0.0.1", pacs.dicom_port, "NOT_ORTHANC"))
+        assert not wrong.ok and "called AE title not recognized" in wrong.association_error
+        report = send_files(files, Destination("127.0.0.1", pacs.dicom_port, "ORTHANC", "HOPSNODE"))
+        assert report.ok and len(report.sent) == 5, report.summary()
+        assert not any(f.converted_to for f in report.files)
+        uids = {read_part10_header(f).sop_instance_uid for f in files}
+        assert pacs.received_uids() == uids
+        j2k = read_part10_header(files[3]).sop_instance_uid
+        stored = tmp_path / "stored.dcm"
+        stored.write_bytes(pacs.instance_file(j2k))
+    # Orthanc rewrites some header elements; the compressed pixel data must be untouched
+    ours, theirs = pydicom.dcmread(files[3]), pydicom.dcmread(stored)
+    assert theirs.file_meta.TransferSyntaxUID == ours.file_meta.TransferSyntaxUID
+    assert theirs.PixelData == ours.PixelData

@@ -5,6 +5,7 @@
 #   dcmtk                                            - the foreign DICOM peer in tests
 #   gearman-job-server gearman-tools                 - gearmand with its sqlite queue
 #   podman runc busybox-static                       - containers for buckets (docker API)
+#   orthanc                                          - a real PACS peer in tests (routing destination)
 #   python3-venv                                     - the project's virtual environment
 set -euo pipefail
 PACKAGES=(
@@ -12,6 +13,7 @@ PACKAGES=(
   graphite-carbon graphite-web gunicorn
   dcmtk gearman-job-server gearman-tools
   podman runc busybox-static
+  orthanc
   gcc libc6-dev
   netcat-openbsd
 )
