@@ -5,6 +5,7 @@
     magickbox buckets list|create|run|install|remove|enable|disable ...
     magickbox backfill BUCKET --data-dir DIR [--since DATE] [--until DATE] [--match REGEX] [--dry-run]
     magickbox jobs --data-dir DIR [--status S] [--cancel ID]
+    magickbox route test JOB|DIR [--success VALUE] | route echo HOST:PORT AETITLE
 
 Exit codes: 0 normal shutdown, 2 configuration error (the message names the key).
 """
@@ -82,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--force", action="store_true", help="also studies already done with this bucket version")
     p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("route", help="routing rules: explain a job's routing, or C-ECHO a destination")
+    rsub = p.add_subparsers(dest="route_command", metavar="ACTION", required=True)
+    rp = rsub.add_parser("test", help="print which rules and destinations would fire for a job, and why "
+                                      "(sends nothing)")
+    rp.add_argument("target", metavar="JOB|DIR", help="a job id (with --data-dir) or a job directory "
+                                                       "holding info.json (and proc.json)")
+    rp.add_argument("--data-dir", metavar="DIR", default=".", help="node data root (routing.json there)")
+    rp.add_argument("--rules", metavar="FILE", help="routing rules (default DATA/routing.json)")
+    rp.add_argument("--success", metavar="VALUE", help="pretend proc.json said this")
+    rp.add_argument("--me", metavar="HOST:PORT", default="127.0.0.1:11112", help="what $me:$port stand for")
+    rp = rsub.add_parser("echo", help="verify a destination with C-ECHO")
+    rp.add_argument("address", metavar="HOST:PORT")
+    rp.add_argument("called", metavar="AETITLE", help="the destination's AE title")
+    rp.add_argument("--calling", metavar="AETITLE", default="MAGICKBOX", help="our AE title (default MAGICKBOX)")
+    rp.add_argument("--timeout", type=float, default=10.0)
 
     p = sub.add_parser("jobs", help="list jobs, or cancel one")
     p.add_argument("--data-dir", metavar="DIR", required=True)
@@ -226,6 +243,54 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"magickbox: expected HOST:PORT, found {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    import json
+
+    from .jobfiles import read_proc_json
+    from .results.routing import RoutingContext, RoutingError, load_rules
+    from .results.send import Destination, echo
+
+    if args.route_command == "echo":
+        host, port = _host_port(args.address)
+        ok, text = echo(Destination(host, port, args.called, args.calling), timeout=args.timeout)
+        print(("OK " if ok else "FAILED ") + text)
+        return 0 if ok else 1
+    data = Path(args.data_dir)
+    jobdir = Path(args.target) if not args.target.isdigit() else data / "jobs" / args.target
+    try:
+        info = json.loads((jobdir / "info.json").read_text())
+    except (OSError, ValueError) as exc:
+        print(f"magickbox: cannot read {jobdir / 'info.json'}: {exc}", file=sys.stderr)
+        return 1
+    success = args.success
+    if success is None:
+        success, why = read_proc_json(jobdir / "result" / "output" / "proc.json", jobdir / "result" / "proc.json",
+                                      jobdir / "proc.json", jobdir / "output" / "proc.json")
+        if success is None:
+            print(f"(no usable proc.json: {why}; routing as success=\"failed\")")
+            success = "failed"
+    types = {t for values in (info.get("ClassifyTypes") or {}).values() for t in values}
+    ctx = RoutingContext(str(info.get("AETitleCalled", "")), str(info.get("AETitleCaller", "")), success,
+                         frozenset(types))
+    try:
+        table = load_rules(args.rules or data / "routing.json")
+    except RoutingError as exc:
+        print(f"magickbox: {exc}", file=sys.stderr)
+        return 2
+    print(f"job: called {ctx.called_ae!r}, calling {ctx.calling_ae!r}, success {ctx.success!r}, "
+          f"series types {sorted(types)}; rules from {table.source}")
+    for line in table.explain(ctx, me=_host_port(args.me)):
+        print(line)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -236,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return {"serve": cmd_serve, "worker": cmd_worker, "buckets": cmd_buckets, "backfill": cmd_backfill,
-                "jobs": cmd_jobs}[args.command](args)
+                "jobs": cmd_jobs, "route": cmd_route}[args.command](args)
     except (ConfigError, RulesError) as exc:
         print(f"magickbox: configuration error: {exc}", file=sys.stderr)
         return 2

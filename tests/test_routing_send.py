@@ -280,3 +280,37 @@ def test_send_to_orthanc_pacs(tmp_path):
     ours, theirs = pydicom.dcmread(files[3]), pydicom.dcmread(stored)
     assert theirs.file_meta.TransferSyntaxUID == ours.file_meta.TransferSyntaxUID
     assert theirs.PixelData == ours.PixelData
+
+
+def test_route_cli_explains_and_echoes(tmp_path):
+    import json
+    import subprocess
+    import sys
+    job = tmp_path / "jobs" / "7"
+    (job / "result" / "output").mkdir(parents=True)
+    (job / "info.json").write_text(json.dumps({"AETitleCalled": "ProcRSI", "AETitleCaller": "PACS",
+                                               "ClassifyTypes": {"1.2.3": ["T1"]}}))
+    (job / "result" / "output" / "proc.json").write_text('[{"success": "failed", "message": "today is Monday"}]')
+    (tmp_path / "routing.json").write_text(MANUAL_EXAMPLE)
+
+    def magickbox(*args):
+        return subprocess.run([sys.executable, "-m", "magickbox.cli", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    out = magickbox("route", "test", "7", "--data-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "success 'failed'" in out.stdout
+    assert "rule 1 ('ProcRSI bucket routing of results'): applies" in out.stdout
+    assert "'failed' -> PACS@192.168.0.1:403: sends" in out.stdout
+    assert "rule 0 ('Default Rule for OUTPUT to OsiriX'): not applied: disabled" in out.stdout
+    out = magickbox("route", "test", str(job), "--rules", str(tmp_path / "routing.json"), "--success", "success")
+    assert "'success' -> PACS@192.168.0.1:403: sends (stops the rule's later destinations if it succeeds; " \
+           "only files matching 1 'which' filter(s))" in out.stdout
+    (tmp_path / "bad.json").write_text('{"routing": [{"AETitleIn": "(", "send": []}]}')
+    out = magickbox("route", "test", str(job), "--rules", str(tmp_path / "bad.json"))
+    assert out.returncode == 2 and "rule 0: 'AETitleIn' is not a valid regular expression" in out.stderr
+    with StorescpPeer(tmp_path / "pacs") as pacs:
+        out = magickbox("route", "echo", f"127.0.0.1:{pacs.port}", "PACS")
+    assert out.returncode == 0 and out.stdout.startswith("OK ")
+    out = magickbox("route", "echo", f"127.0.0.1:{free_port()}", "PACS")
+    assert out.returncode == 1 and "cannot connect" in out.stdout
