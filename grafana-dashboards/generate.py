@@ -28,7 +28,9 @@ HERE = Path(__file__).resolve().parent
 DATASOURCE = {"type": "graphite", "uid": "hops-graphite"}
 STAB = "hops.stability.$scanner.$coil"
 QA = "hops.qa.$scanner.$coil"          # results of hops-qa (stability_collector/qa/evaluate.py)
-SERVICE_TAG = "hops-service"            # tag of hops-qa's service events (stability_collector/qa/events.py)
+# hops-qa tags each service event hops-service-<scanner> (stability_collector/qa/events.py); one tag,
+# because graphite-web drops unknown tags from a multi-tag query instead of matching nothing
+SERVICE_TAG = "hops-service"
 
 
 def _thresholds(*steps: tuple[str, float | None]) -> list[dict]:
@@ -207,10 +209,10 @@ LIMIT_STYLES = [_style("value", "text", points=True), _style("center", "blue"),
 
 
 def qa_annotations(action_scans: bool = False) -> Annotations:
-    """Service events (graphite-web events tagged hops-service and the scanner) and, optionally,
+    """Service events (graphite-web events tagged hops-service-<scanner>) and, optionally,
     every scan at action level."""
     items = [{"name": "Service events", "datasource": DATASOURCE, "enable": True, "iconColor": "purple",
-              "tags": f"{SERVICE_TAG} $scanner"}]
+              "tags": f"{SERVICE_TAG}-$scanner"}]
     if action_scans:
         items.append({"name": "Action level", "datasource": DATASOURCE, "enable": True, "iconColor": "red",
                       "target": f"removeBelowValue({QA}.*.status, 2)"})

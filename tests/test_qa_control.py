@@ -134,6 +134,13 @@ def test_ewma_and_cusum_catch_a_small_sustained_shift_that_we1_misses():
     assert _fires("cusum", values) and _fires("cusum", values)[0] >= 5
 
 
+def test_a_short_gross_excursion_does_not_hold_the_ewma_out_for_weeks():
+    values = [0.0] * 10 + [40.0] * 3 + [0.0] * 10      # a ghosting episode of three scans
+    assert _fires("we1", values) == [10, 11, 12]
+    assert max(_fires("ewma", values)) <= 13            # outliers enter the EWMA at the 3-sigma limit
+    assert max(_fires("cusum", values)) <= 16            # CUSUM forgets 0.5 sigma per in-control scan
+
+
 def test_every_rule_in_the_catalogue_is_implemented():
     flags = rule_flags(np.zeros(20), KNOWN, list(RULES))
     assert set(flags) == set(RULES)

@@ -37,6 +37,7 @@ def _common(p: argparse.ArgumentParser, graphite: bool = True, web: bool = True)
         p.add_argument("--graphite-web", dest="graphite_web", metavar="URL",
                        help="graphite-web (render API and events), e.g. http://127.0.0.1:8080")
     p.add_argument("--state-dir", dest="state_dir", metavar="DIR", help="where service events are kept")
+    p.add_argument("--timezone", help="IANA zone of dates given and shown (default: the config's, else this host's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "or an ISO time with offset (default: now)")
     q.add_argument("--coil", help="only this coil starts a new phase (default: every coil of the scanner)")
     q = ev.add_parser("list", help="list recorded service events")
-    _common(q, graphite=False, web=False)
+    _common(q, graphite=False)
     q.add_argument("--scanner")
     q = ev.add_parser("sync", help="post events not yet in graphite-web")
     _common(q, graphite=False)
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> QAConfig:
-    overrides: dict[str, Any] = {k: getattr(args, k, None) for k in ("graphite", "graphite_web", "state_dir")}
+    overrides: dict[str, Any] = {k: getattr(args, k, None) for k in ("graphite", "graphite_web", "state_dir",
+                                                                     "timezone")}
     return load_qa_config(getattr(args, "config", None), overrides)
 
 

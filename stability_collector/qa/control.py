@@ -29,7 +29,9 @@ EWMA (Roberts 1959; Lucas & Saccucci 1990)
     ``e_0 = c``, ``e_i = λ·x_i + (1-λ)·e_(i-1)``; limits
     ``c ± L·sigma·sqrt(λ/(2-λ)·(1-(1-λ)^(2i)))`` (with prediction limits: ``sigma·t/z`` and
     ``+ 1/N`` under the root, for the uncertainty of ``c``).  Sensitive to small sustained
-    shifts and slow drifts.
+    shifts and slow drifts.  Scans beyond the 3-sigma limits enter the EWMA (and the CUSUM) at
+    the limit (winsorised): they are ``we1``'s business, and a short gross excursion (a
+    ghosting episode) should not hold the EWMA outside its band for weeks after it ended.
 
 CUSUM (Page 1954, tabular form)
     ``S+_i = max(0, S+_(i-1) + z_i - k)``, ``S-_i = max(0, S-_(i-1) - z_i - k)``; flag when either
@@ -167,6 +169,9 @@ def ewma(values: np.ndarray, baseline: Baseline, params: RuleParameters) -> tupl
     lam = params.ewma_lambda
     out = np.empty(len(values))
     level = baseline.centre
+    if baseline.sigma > 0:
+        reach = 3.0 * baseline.sigma_eff
+        values = np.clip(values, baseline.centre - reach, baseline.centre + reach)
     for i, x in enumerate(values):
         level = lam * x + (1.0 - lam) * level
         out[i] = level
@@ -251,7 +256,7 @@ def rule_flags(values: np.ndarray, baseline: Baseline, rules: Iterable[str],
             stat, half = ewma(x, baseline, params)
             f = np.abs(stat - baseline.centre) > half if baseline.sigma > 0 else stat != baseline.centre
         elif rule == "cusum":
-            hi, lo = cusum(np.clip(z, -1e6, 1e6), params)
+            hi, lo = cusum(np.clip(z, -3.0, 3.0), params)
             f = (hi > params.cusum_h) | (lo > params.cusum_h)
         else:
             raise ValueError(f"unknown rule {rule!r}")

@@ -12,9 +12,11 @@ stored *before* it is sent to graphite-web; one that could not be sent is marked
 sending, graphite-web is asked whether the event is already there (its ``data`` carries the
 HOPS event id), so a retry never creates a second annotation.
 
-Graphite events carry the tags ``hops``, ``hops-service``, the scanner name and, for a
-coil-specific event, ``coil-<coil>``; Grafana's annotation query ``hops-service $scanner``
-shows them.
+Graphite events carry the tags ``hops``, ``hops-service``, ``hops-service-<scanner>``, the
+scanner name and, for a coil-specific event, ``coil-<coil>``.  Grafana's annotation query is
+the single tag ``hops-service-$scanner``: graphite-web ignores tags it has never seen when it
+matches several, so ``hops-service $scanner`` would show every scanner's events for a scanner
+that has none yet, while one unknown tag matches nothing, as it should.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from typing import Iterator, Sequence
 from ..metrics import ConfigError, sanitize_node
 from .graphiteweb import GraphiteWeb, GraphiteWebError
 
-__all__ = ["ServiceEvent", "EventStore", "EventStoreError", "SERVICE_TAG", "event_tags", "post_event",
+__all__ = ["ServiceEvent", "EventStore", "EventStoreError", "SERVICE_TAG", "event_tags", "scanner_tag", "post_event",
            "sync_events"]
 
 SERVICE_TAG = "hops-service"
@@ -62,8 +64,13 @@ class ServiceEvent:
         return f"{self.scanner}{'/' + self.coil if self.coil else ''}: {self.what}"
 
 
+def scanner_tag(scanner: str) -> str:
+    """The one tag that selects a scanner's service events."""
+    return f"{SERVICE_TAG}-{scanner}"
+
+
 def event_tags(event: ServiceEvent) -> list[str]:
-    tags = ["hops", SERVICE_TAG, event.scanner]
+    tags = ["hops", SERVICE_TAG, scanner_tag(event.scanner), event.scanner]
     if event.coil:
         tags.append(f"coil-{event.coil}")
     return tags
