@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from .. import __version__
 from ..delivery import GraphiteSender
 from ..metrics import ConfigError
-from .config import QAConfig, describe_levels, load_qa_config
+from .config import DEFAULT_LEVELS, QAConfig, describe_levels, load_qa_config
 from .control import RULE_ALIASES, RULES
 from .evaluate import QAEvaluator, summarise
 from .events import EventStore, EventStoreError, post_event, sync_events
@@ -242,10 +242,14 @@ def cmd_config(args: argparse.Namespace) -> int:
           f"{'prediction' if config.prediction_limits else 'textbook'} limits")
     print("rules: " + ", ".join(f"{r} ({RULES[r]})" for r in scanner.rules))
     print(f"missed scan: more than {scanner.expected_interval_days:g} days without one")
-    names = sorted({m for m in config.metrics if "*" not in m} |
-                   {"fbirn.snr", "fbirn.sfnr", "fbirn.percent_fluct", "fbirn.drift", "fbirn.ghost_pct"})
-    for line in describe_levels(config, args.scanner, names):
+    explicit = [m for m in config.metrics if "*" not in m]
+    for line in describe_levels(config, args.scanner, explicit):
         print("  " + line)
+    patterns = [m for m in config.metrics if "*" in m]
+    if patterns:
+        print(f"series matching {', '.join(patterns)} take the first matching entry of: "
+              + ", ".join([*config.for_scanner(args.scanner).levels, *config.defaults.levels,
+                           *(p for p in DEFAULT_LEVELS if "*" in p)]) + " (else control rules only)")
     print(f"(known rules: {', '.join(RULES)}; aliases {', '.join(f'{a}={b}' for a, b in RULE_ALIASES.items())})")
     return EXIT_OK
 

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
+from ..metrics import SUMMARY_METRICS  # noqa: E402
 from .config import QAConfig, describe_levels  # noqa: E402
 from .control import RULES  # noqa: E402
 from .evaluate import (STATUS_ACTION, STATUS_NAMES, STATUS_TOLERANCE, Evaluation, ScannerActivity,  # noqa: E402
@@ -210,15 +211,19 @@ def control_chart(ev: Evaluation, events: Sequence[ServiceEvent], tz, since: int
         _step_line(ax, times, ev.centre[mask], phases, color="#1565c0", lw=1.2, label="centre")
         _step_line(ax, times, ev.ucl[mask], phases, color="#1565c0", lw=1, ls="--", label="control limits")
         _step_line(ax, times, ev.lcl[mask], phases, color="#1565c0", lw=1, ls="--")
-        for name, colour, label in (("tolerance_low", "#ef8f00", "tolerance"), ("tolerance_high", "#ef8f00", None),
-                                    ("action_low", "#c62828", "action"), ("action_high", "#c62828", None)):
+        for name, colour in (("tolerance_low", "#ef8f00"), ("tolerance_high", "#ef8f00"),
+                             ("action_low", "#c62828"), ("action_high", "#c62828")):
             if name in ev.levels:
-                lbl = label if label and (label not in [t.get_label() for t in ax.lines]) else None
-                _step_line(ax, times, ev.levels[name][mask], phases, color=colour, lw=1, ls=":", label=lbl)
+                kind = name.split("_")[0]
+                label = kind if kind not in [line.get_label() for line in ax.lines] else None
+                _step_line(ax, times, ev.levels[name][mask], phases, color=colour, lw=1, ls=":", label=label)
         provisional = ev.provisional[mask]
-        for i, t in enumerate(times):
-            if provisional[i]:
-                ax.axvspan(t - _dt.timedelta(days=3), t + _dt.timedelta(days=3), color="#eceff1", zorder=0, lw=0)
+        label = "provisional baseline"
+        for p in np.unique(phases[provisional]):
+            idx = np.nonzero((phases == p) & provisional)[0]
+            ax.axvspan(times[idx[0]] - _dt.timedelta(days=3), times[idx[-1]] + _dt.timedelta(days=3),
+                       color="#e0e0e0", zorder=0, lw=0, label=label)
+            label = None
         status = ev.status[mask]
         for s in (0, STATUS_TOLERANCE, STATUS_ACTION):
             idx = np.nonzero(status == s)[0]
@@ -227,13 +232,17 @@ def control_chart(ev: Evaluation, events: Sequence[ServiceEvent], tz, since: int
                            color=STATUS_COLOURS[s], label=STATUS_NAMES[s])
     lo = times[0] if times else to_dt(since or until)
     hi = times[-1] if times else to_dt(until)
+    shown = False
     for e in events:
         when = to_dt(e.when)
         if lo - _dt.timedelta(days=7) <= when <= hi + _dt.timedelta(days=7):
-            ax.axvline(when, color="#6a1b9a", lw=1.2)
-            ax.annotate(e.what, (when, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                        textcoords="offset points", color="#6a1b9a", fontsize=8)
-    title = f"{ev.key.scanner} {ev.key.coil} — {ev.key.metric}"
+            ax.axvline(when, color="#6a1b9a", lw=1.2, label=None if shown else "service event")
+            shown = True
+            ax.annotate(e.what, (when, 0.97), xycoords=("data", "axes fraction"), xytext=(3, 0),
+                        textcoords="offset points", color="#6a1b9a", fontsize=8, rotation=90, ha="left", va="top")
+    group, _, name = ev.key.metric.partition(".")
+    meaning = SUMMARY_METRICS.get(name, "").split(" (")[0].split(":")[0] if group == "summary" else ""
+    title = f"{ev.key.scanner} {ev.key.coil} — {meaning + ' ' if meaning else ''}({ev.key.metric})"
     ax.set_title(title, fontsize=11, loc="left")
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
     ax.grid(alpha=0.3)

@@ -98,7 +98,7 @@ class Characteristics:
     drift_median_delay: float
 
     def line(self) -> str:
-        return (f"CV {self.cv_pct:4.2f} %: false alarms {100 * self.false_alarms_mean:5.2f} % of scans "
+        return (f"CV {self.cv_pct:4.2f} %: false alarms {100 * self.false_alarms_mean:5.2f} % of in-control scans "
                 f"(90th percentile of trials {100 * self.false_alarms_p90:5.2f} %); "
                 f"{self.step_pct:g} % step flagged within 3 scans in {100 * self.step_detected:5.1f} % "
                 f"(median {self.step_median_delay:g} scans); {self.drift_pct:g} %/scan drift flagged by EWMA "
@@ -107,7 +107,7 @@ class Characteristics:
 
 def characteristics(config: QAConfig, cv_pct: float, step_pct: float = 2.0, drift_pct: float = 0.1,
                     trials: int = 200, scans: int = 1000) -> Characteristics:
-    fa = false_alarm_fractions(config, cv_pct, scans=scans, trials=max(10, trials // 4))
+    fa = false_alarm_fractions(config, cv_pct, scans=scans, trials=trials)
     step, step_delays = step_detection(config, cv_pct, step_pct, trials=trials)
     drift, drift_delays = drift_detection(config, cv_pct, drift_pct, trials=trials)
     med = lambda d: float(np.median(d)) if len(d) else float("nan")  # noqa: E731
