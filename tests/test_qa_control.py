@@ -298,3 +298,17 @@ def test_nan_and_duplicate_points_are_dropped():
     s = Series.from_points(SeriesKey("a", "b", "summary.snr_mean"), [(3, 1.0), (1, float("nan")), (2, 2.0), (3, 1.5)])
     assert s.times.tolist() == [2, 3] and s.values.tolist() == [2.0, 1.5]
     assert math.isfinite(evaluate_series(s, [], DEFAULTS).centre[-1])
+
+
+def test_series_targets_and_paths_with_a_scanner_path_override():
+    from stability_collector.qa.evaluate import _parse_path, series_targets
+    config = build_qa_config({"metrics": ["summary.snr_mean", "fbirn.*"],
+                              "scanners": {"bay2": {"path": "Harvard.Northwest.Bay2"}}})
+    assert series_targets(config) == ["hops.stability.*.*.summary.snr_mean", "Harvard.Northwest.Bay2.*.summary.snr_mean",
+                                      "hops.stability.*.*.fbirn.*", "Harvard.Northwest.Bay2.*.fbirn.*"]
+    assert series_targets(config, ["prisma1"]) == ["hops.stability.prisma1.*.summary.snr_mean",
+                                                   "hops.stability.prisma1.*.fbirn.*"]
+    assert _parse_path("Harvard.Northwest.Bay2.64.summary.snr_mean", config) == SeriesKey("bay2", "64",
+                                                                                          "summary.snr_mean")
+    assert _parse_path("hops.stability.vida2.20ch.fbirn.sfnr", config) == SeriesKey("vida2", "20ch", "fbirn.sfnr")
+    assert _parse_path("elsewhere.x.y.summary.snr_mean", config) is None

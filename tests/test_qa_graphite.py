@@ -311,3 +311,42 @@ def test_alert_rule_queries_see_the_qa_results(loaded, tmp_path, capsys):
                   for s in loaded.render_json(overdue, "-2d", "now")}
     assert {"hops.qa.prisma1.scan_overdue", "hops.qa.vida2.scan_overdue"} <= set(now_values)
     assert now_values["hops.qa.prisma1.scan_overdue"][-1] == now_values["hops.qa.vida2.scan_overdue"][-1] == 1
+
+
+def test_fbirn_series_of_the_qa_bucket_are_evaluated_the_same_way(loaded, tmp_path, capsys):
+    """hops.stability.<scanner>.<coil>.fbirn.<metric> (the vendor-neutral QA bucket's output) is
+    read and judged like the Siemens summaries; deeper branches (per-slice values) are skipped."""
+    now = int(time.time())
+    week = 7 * 86400
+    times = [now - (30 - i) * week for i in range(30)]
+    lines = []
+    for i, t in enumerate(times):
+        sfnr = 250.0 + (0.8 if i % 2 else -0.8) - (40.0 if i == 29 else 0.0)    # the last scan: 16 % low
+        lines.append(f"hops.stability.ge1.head32.fbirn.sfnr {sfnr} {t}\n")
+        lines.append(f"hops.stability.ge1.head32.fbirn.rdc {4.0 + 0.05 * (i % 3)} {t}\n")
+        lines.append(f"hops.stability.ge1.head32.fbirn.sfnr_slice.01 {sfnr} {t}\n")
+    GraphiteSender(GraphiteAddress.parse(loaded.line_address)).deliver("".join(lines))
+    loaded.wait_for_whisper(["hops.stability.ge1.head32.fbirn.sfnr", "hops.stability.ge1.head32.fbirn.rdc"])
+    code, out, err = qa(loaded, tmp_path / "state", "evaluate", "--scanner", "ge1", capsys=capsys)
+    assert code == 0, err
+    assert "2 series evaluated" in out and "ge1/head32 fbirn.sfnr" in out and "ge1/head32 fbirn.rdc" in out
+    status = series(loaded, "hops.qa.ge1.head32.fbirn_sfnr.status", frm=str(times[0] - 3600))
+    assert len(status) == 30 and status[times[-1] - times[-1] % 3600] == 2 and sum(status.values()) == 2
+    # the SNR/SFNR default levels apply to fbirn.sfnr; rdc has none: rules only
+    low = series(loaded, "hops.qa.ge1.head32.fbirn_sfnr.action_low", frm=str(times[0] - 3600))
+    assert low[max(low)] == pytest.approx(0.9 * 250.0, rel=1e-3)
+    assert loaded.render_json("hops.qa.ge1.head32.fbirn_rdc.action_*", str(times[0] - 3600), "now") == []
+    assert len(series(loaded, "hops.qa.ge1.head32.fbirn_rdc.status", frm=str(times[0] - 3600))) == 30
+
+
+def test_dry_run_prints_the_result_lines_without_sending(loaded, tmp_path, capsys):
+    argv = ["evaluate", "--dry-run", "--scanner", "vida2", "--graphite-web", loaded.web_url,
+            "--state-dir", str(tmp_path), "--timezone", "UTC"]
+    assert qa_main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("hops.qa.vida2.") for line in out)
+    ghost = {int(ts): float(v) for path, v, ts in (line.split() for line in out)
+             if path == "hops.qa.vida2.20ch.ghost_mean.status"}
+    # graphite-web answers in whisper's 1-hour slots: the scans at 07:xx are stored at 07:00
+    assert sorted(t for t, v in ghost.items() if v == 2) == [epoch(_dt.datetime(2025, 10, d, 7, tzinfo=UTC))
+                                                             for d in (7, 14, 21)]
