@@ -31,6 +31,9 @@ setup(
         "docker>=6",
         # reading datapoints back from whisper files (demo, tests, operators' checks)
         "whisper>=1.1",
+        # hops-qa: control charts (numpy) and the QA report's charts (matplotlib)
+        "numpy>=1.23",
+        "matplotlib>=3.6",
     ],
     extras_require={
         # diamond-next imports pkg_resources, which setuptools 81 removed.  Its sdist cannot be
@@ -45,6 +48,7 @@ setup(
         "console_scripts": [
             "hops-stability = stability_collector.cli:main",
             "magickbox = magickbox.cli:main",
+            "hops-qa = stability_collector.qa.cli:main",
         ],
     },
     classifiers=[

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from grafanalib._gen import DashboardEncoder
-from grafanalib.core import (Dashboard, GridPos, RowPanel, Stat, Target, Template, Templating,
+from grafanalib.core import (Annotations, Dashboard, GridPos, RowPanel, Stat, Target, Template, Templating,
                              Time, TimeSeries)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,6 +27,10 @@ from magickbox import node_metrics as nm  # noqa: E402
 HERE = Path(__file__).resolve().parent
 DATASOURCE = {"type": "graphite", "uid": "hops-graphite"}
 STAB = "hops.stability.$scanner.$coil"
+QA = "hops.qa.$scanner.$coil"          # results of hops-qa (stability_collector/qa/evaluate.py)
+# hops-qa tags each service event hops-service-<scanner> (stability_collector/qa/events.py); one tag,
+# because graphite-web drops unknown tags from a multi-tag query instead of matching nothing
+SERVICE_TAG = "hops-service"
 
 
 def _thresholds(*steps: tuple[str, float | None]) -> list[dict]:
@@ -109,6 +113,8 @@ def stability_overview() -> Dashboard:
     for i, (title, target, unit, steps) in enumerate(per_slice):
         panels.append(_series(title, [f"aliasByNode({target}, 6)"], (12 * (i % 2), row + 8 * (i // 2), 12, 8),
                               unit=unit, thresholds=steps))
+    row += 8 * ((len(per_slice) + 1) // 2)
+    panels += qa_limit_panels(row)
     templating = Templating(list=[
         _query_var("scanner", "hops.stability.*", "Scanner"),
         _query_var("coil", "hops.stability.$scanner.*", "Coil"),
@@ -118,7 +124,7 @@ def stability_overview() -> Dashboard:
     return Dashboard(title="Phantom stability overview", uid="hops-stability-overview",
                      description="MGH Stability phantom QA per scanner and coil (HOPS)",
                      tags=["hops", "phantom"], time=Time("now-2y", "now"), templating=templating,
-                     panels=panels, timezone="browser").auto_panel_ids()
+                     annotations=qa_annotations(), panels=panels, timezone="browser").auto_panel_ids()
 
 
 def scanner_compare() -> Dashboard:
@@ -175,8 +181,136 @@ def dicom_node() -> Dashboard:
                      templating=templating, panels=panels, timezone="browser").auto_panel_ids()
 
 
+# --- QA (hops-qa): limits, status, rules, events, missed scans -------------------------------------------
+
+STATUS_MAPPINGS = [{"type": "value", "options": {
+    "0": {"text": "ok", "color": "green", "index": 0},
+    "1": {"text": "tolerance", "color": "orange", "index": 1},
+    "2": {"text": "action", "color": "red", "index": 2}}}]
+STATUS_THRESHOLDS = _thresholds(("green", None), ("orange", 1), ("red", 2))
+# Grafana asks Graphite for about one point per pixel; status and flags are consolidated by their
+# maximum so that a flagged scan never averages away.
+
+
+def _style(name: str, color: str, dash: bool = False, points: bool = False) -> dict:
+    """A field override: fixed colour, dashed line and/or no points for one series name."""
+    props = [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}]
+    if dash:
+        props.append({"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 6]}})
+    if not points:
+        props.append({"id": "custom.showPoints", "value": "never"})
+    return {"matcher": {"id": "byName", "options": name}, "properties": props}
+
+
+LIMIT_STYLES = [_style("value", "text", points=True), _style("center", "blue"),
+                _style("ucl", "blue", dash=True), _style("lcl", "blue", dash=True),
+                _style("tolerance_low", "orange", dash=True), _style("tolerance_high", "orange", dash=True),
+                _style("action_low", "red", dash=True), _style("action_high", "red", dash=True)]
+
+
+def qa_annotations(action_scans: bool = False) -> Annotations:
+    """Service events (graphite-web events tagged hops-service-<scanner>) and, optionally,
+    every scan at action level."""
+    items = [{"name": "Service events", "datasource": DATASOURCE, "enable": True, "iconColor": "purple",
+              "tags": f"{SERVICE_TAG}-$scanner"}]
+    if action_scans:
+        items.append({"name": "Action level", "datasource": DATASOURCE, "enable": True, "iconColor": "red",
+                      "target": f"removeBelowValue({QA}.*.status, 2)"})
+    return Annotations(list=items)
+
+
+def _qa_control_chart(title: str, metric: str, grid: tuple[int, int, int, int], unit: str = "none") -> TimeSeries:
+    """Value, centre, control limits and tolerance/action levels of one QA metric."""
+    panel = _series(title, [f"aliasByNode({QA}.{metric}.{{value,center,ucl,lcl}}, 5)",
+                            f"aliasByNode({QA}.{metric}.{{tolerance_low,tolerance_high,action_low,action_high}}, 5)"],
+                    grid, unit=unit, description="hops-qa: the scans (value), the baseline centre and control "
+                    "limits of each phase (a service event starts a new phase), and the tolerance (orange) and "
+                    "action (red) levels.")
+    panel.overrides = LIMIT_STYLES
+    panel.legendCalcs = ["lastNotNull"]
+    return panel
+
+
+def qa_limit_panels(row: int) -> list:
+    """The overview's QA row: the four summary metrics with their QA limits."""
+    panels = [RowPanel(title="QA limits and levels (hops-qa)", gridPos=GridPos(h=1, w=24, x=0, y=row))]
+    row += 1
+    charts = [("SNR with QA limits", "snr_mean", "none"), ("Percent fluctuation with QA limits", "fluctuation_pct",
+                                                           "percent"),
+              ("Drift with QA limits", "drift_pct", "percent"), ("Ghost level with QA limits", "ghost_mean", "none")]
+    for i, (title, metric, unit) in enumerate(charts):
+        panels.append(_qa_control_chart(title, metric, (12 * (i % 2), row + 8 * (i // 2), 12, 8), unit))
+    return panels
+
+
+def _qa_status_panels(row: int) -> list:
+    stat = Stat(title="Latest QA status per metric", dataSource=DATASOURCE, reduceCalc="lastNotNull",
+                targets=[Target(target=f"aliasByNode(consolidateBy({QA}.*.status, 'max'), 4)", refId="A",
+                                datasource=DATASOURCE)],
+                gridPos=GridPos(h=4, w=16, x=0, y=row), graphMode="none", colorMode="background",
+                mappings=STATUS_MAPPINGS, thresholds=STATUS_THRESHOLDS)
+    overdue = Stat(title="Days since the last scan of $scanner", dataSource=DATASOURCE, reduceCalc="lastNotNull",
+                   targets=[Target(target="alias(hops.qa.$scanner.days_since_scan, 'days')", refId="A",
+                                   datasource=DATASOURCE)],
+                   gridPos=GridPos(h=4, w=8, x=16, y=row), graphMode="none", decimals=1,
+                   thresholds=_thresholds(("green", None), ("red", 8)))
+    status = _series("QA status over time (0 ok, 1 tolerance, 2 action)",
+                     [f"aliasByNode(consolidateBy({QA}.*.status, 'max'), 4)"],
+                     (0, row + 4, 24, 7), thresholds=STATUS_THRESHOLDS,
+                     description="Status of every scan per metric: a tolerance level crossed or a control rule "
+                                 "fired (1), an action level crossed (2).")
+    return [stat, overdue, status]
+
+
+def _qa_rule_panels(row: int) -> list:
+    rules = _series("Control rules fired: $metric", [f"aliasByNode(consolidateBy({QA}.$metric.rule_*, 'max'), 5)"],
+                    (0, row, 12, 7),
+                    description="1 where the rule fired at a scan (we1..we4 Western Electric, nelson2..8, ewma, "
+                                "cusum; see stability_collector/qa/control.py).")
+    ewma_panel = _series("EWMA of $metric and its limits", [f"aliasByNode({QA}.$metric.{{ewma,ewma_ucl,ewma_lcl}}, 5)"],
+                         (12, row, 12, 7), description="The EWMA statistic reacts to small sustained shifts and "
+                                                       "slow drifts earlier than single scans do.")
+    ewma_panel.overrides = [_style("ewma", "text", points=True), _style("ewma_ucl", "blue", dash=True),
+                            _style("ewma_lcl", "blue", dash=True)]
+    return [rules, ewma_panel]
+
+
+def _qa_scan_panels(row: int) -> list:
+    return [_series("Days since the last phantom scan (all scanners)",
+                    ["aliasByNode(consolidateBy(hops.qa.*.days_since_scan, 'max'), 2)"],
+                    (0, row, 24, 7), thresholds=_thresholds(("green", None), ("red", 8)), draw_points=False,
+                    description="hops-qa writes one point per day after each scan and one at every evaluation; "
+                                "hops.qa.<scanner>.scan_overdue is 1 beyond the scanner's expected interval.")]
+
+
+def phantom_qa() -> Dashboard:
+    row = 0
+    panels = [RowPanel(title="$scanner $coil: QA status", gridPos=GridPos(h=1, w=24, x=0, y=row))]
+    panels += _qa_status_panels(row + 1)
+    row += 12
+    panels.append(RowPanel(title="Control chart: $metric", gridPos=GridPos(h=1, w=24, x=0, y=row)))
+    panels.append(_qa_control_chart("$metric: scans, centre, control limits, tolerance and action levels", "$metric",
+                                    (0, row + 1, 24, 10)))
+    row += 11
+    panels += _qa_rule_panels(row)
+    row += 7
+    panels += _qa_scan_panels(row)
+    templating = Templating(list=[
+        _query_var("scanner", "hops.stability.*", "Scanner"),
+        _query_var("coil", "hops.stability.$scanner.*", "Coil"),
+        _query_var("metric", f"{QA}.*", "Metric"),
+    ])
+    return Dashboard(title="Phantom QA", uid="hops-phantom-qa",
+                     description="hops-qa: control charts with baselines per service phase, tolerance and action "
+                                 "levels, control rules, missed scans (HOPS)",
+                     tags=["hops", "phantom", "qa"], time=Time("now-2y", "now"), templating=templating,
+                     annotations=qa_annotations(action_scans=True), panels=panels,
+                     timezone="browser").auto_panel_ids()
+
+
 DASHBOARDS = {
     "phantom-stability-overview.json": stability_overview,
+    "phantom-qa.json": phantom_qa,
     "scanner-compare.json": scanner_compare,
     "dicom-node.json": dicom_node,
 }

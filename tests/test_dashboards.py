@@ -22,6 +22,10 @@ from magickbox import node_metrics as nm
 from stability_collector.delivery import GraphiteAddress, GraphiteSender
 from stability_collector.ingest import IngestSettings, Ingestor, Outcome, ScannerSource
 from stability_collector.localgraphite import LocalGraphite, whisper_value_at
+from stability_collector.qa.config import build_qa_config
+from stability_collector.qa.evaluate import QAEvaluator
+from stability_collector.qa.events import EventStore, sync_events
+from stability_collector.qa.graphiteweb import GraphiteWeb
 
 SAMPLE_RANGE = {"from": "20250101", "until": "20260101"}
 NODE = "node1"
@@ -56,7 +60,26 @@ def loaded_graphite(tmp_path_factory):
         g.wait_for_whisper(["hops.stability.prisma1.32ch.summary.snr_mean", "hops.stability.vida2.48ch.fit.p1.16",
                             nm.node_metric(NODE, nm.START_LATENCY)])
         time.sleep(1)
+        load_qa_results(g, base / "qa")
         yield g
+
+
+def load_qa_results(g: LocalGraphite, state) -> None:
+    """Run hops-qa over the samples (a 10-scan baseline, so vida2's 13 scans of the 48ch coil get
+    limits too) with a service event on prisma1, as a site would."""
+    config = build_qa_config({"graphite": g.line_address, "graphite_web": g.web_url, "state_dir": str(state),
+                              "baseline_scans": 10})
+    store = EventStore(config.state_dir)
+    store.add("prisma1", "RF amplifier replaced", 1750032000)        # 2025-06-16 00:00 UTC
+    web = GraphiteWeb(g.web_url)
+    assert sync_events(store, web) == (1, [])
+    result = QAEvaluator(config, web, GraphiteSender(GraphiteAddress.parse(g.line_address)), store).run_pass()
+    assert result.ok and len(result.evaluations) == 12, result.errors
+    g.wait_for_whisper([f"hops.qa.{s}.{c}.{m}.{f}" for s, c in (("prisma1", "32ch"), ("vida2", "20ch"),
+                                                                 ("vida2", "48ch"))
+                        for m in ("snr_mean", "fluctuation_pct", "drift_pct", "ghost_mean")
+                        for f in ("value", "status", "ucl", "ewma", "rule_we1")]
+                       + ["hops.qa.prisma1.days_since_scan", "hops.qa.vida2.scan_overdue"])
 
 
 def find(g: LocalGraphite, query: str) -> list[str]:
@@ -105,7 +128,8 @@ def variable_choices(g: LocalGraphite, dashboard: dict) -> list[dict[str, str]]:
     return combos
 
 
-@pytest.mark.parametrize("name", ["phantom-stability-overview.json", "scanner-compare.json", "dicom-node.json"])
+@pytest.mark.parametrize("name", ["phantom-stability-overview.json", "scanner-compare.json", "dicom-node.json",
+                                  "phantom-qa.json"])
 def test_every_panel_target_returns_data(loaded_graphite, name):
     dashboard = json.loads((REPO / "grafana-dashboards" / name).read_text())
     rng = {"from": "-6h", "until": "now"} if name == "dicom-node.json" else SAMPLE_RANGE
@@ -131,6 +155,32 @@ def test_every_panel_target_returns_data(loaded_graphite, name):
             assert any(results.values()), f"{name} / {panel['title']}: {target} matches nothing"
             checked += 1
     assert checked >= len(panels)
+
+
+@pytest.mark.parametrize("name", ["phantom-stability-overview.json", "phantom-qa.json"])
+def test_annotation_queries_return_events(loaded_graphite, name):
+    """Service events (graphite-web events by tag) and action-level scans (a metric query) as
+    Grafana would ask for them, for every scanner; a scanner without events shows none."""
+    dashboard = json.loads((REPO / "grafana-dashboards" / name).read_text())
+    annotations = dashboard["annotations"]["list"]
+    assert annotations and all(a["datasource"]["uid"] == "hops-graphite" for a in annotations)
+    for combo in variable_choices(loaded_graphite, dashboard):
+        values = {k: v for k, v in combo.items() if not k.startswith("_")}
+        for annotation in annotations:
+            if "tags" in annotation:
+                query = urllib.parse.urlencode({"from": "20250101", "until": "20260101",
+                                                "tags": substitute(annotation["tags"], values)})
+                with urllib.request.urlopen(f"{loaded_graphite.web_url}/events/get_data?{query}", timeout=60) as resp:
+                    events = json.load(resp)
+                if values["scanner"] == "prisma1":
+                    assert [e["what"] for e in events] == ["prisma1: RF amplifier replaced"], events
+                else:
+                    assert events == [], events
+            else:
+                target = substitute(annotation["target"], values)
+                found = has_data(render(loaded_graphite, target, SAMPLE_RANGE))
+                # the ghosting episode puts vida2's ghost level at action on both coils
+                assert found == (values["scanner"] == "vida2"), target
 
 
 def _is_multi(dashboard: dict, var: str) -> bool:

@@ -26,7 +26,7 @@ def _resolve(path: str) -> str:
 def test_compose_services_ports_and_mounts():
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"graphite", "grafana", "stability-watch", "magickbox"}
+    assert set(services) == {"graphite", "grafana", "stability-watch", "magickbox", "qa"}
     assert "2003:2003" in services["graphite"]["ports"] and "3000:3000" in services["grafana"]["ports"]
     assert "11112:11112" in services["magickbox"]["ports"]
     for name, service in services.items():
@@ -56,7 +56,7 @@ def test_compose_services_ports_and_mounts():
 
 def test_commands_in_compose_and_units_exist():
     scripts = set(re.findall(r'"([a-z-]+) = [a-z_.]+:main"', (REPO / "setup.py").read_text()))
-    assert scripts == {"hops-stability", "magickbox"}
+    assert scripts == {"hops-stability", "magickbox", "hops-qa"}
     for service in _compose()["services"].values():
         if "command" in service:
             assert service["command"][0] in scripts
@@ -75,6 +75,13 @@ def test_commands_in_compose_and_units_exist():
 def test_example_configs_are_valid():
     config = build_config(load_config_file(DEPLOY / "hops-stability.toml"))
     assert str(config.graphite) == "graphite:2003" and [s.name for s in config.scanners] == ["prisma1", "vida2"]
+
+
+def test_example_qa_config_is_valid():
+    from stability_collector.qa.config import load_qa_config
+    config = load_qa_config(DEPLOY / "hops-qa.toml")
+    assert str(config.graphite) == "graphite:2003" and config.graphite_web == "http://graphite:80"
+    assert str(config.state_dir) == "/var/lib/hops/qa"
 
 
 def test_dockerfile_copies_what_exists():

@@ -21,6 +21,8 @@ def test_wheel_contains_packages_data_and_console_scripts(tmp_path):
         assert required in names
     assert "hops-stability = stability_collector.cli:main" in entry_points
     assert "magickbox = magickbox.cli:main" in entry_points
+    assert "hops-qa = stability_collector.qa.cli:main" in entry_points
+    assert "stability_collector/qa/evaluate.py" in names
     assert not any(n.startswith("tests/") for n in names)
 
 
