@@ -105,6 +105,11 @@ class StabilityConfig:
 
     def check_scanners_apart(self) -> None:
         """Refuse a configuration in which two scanners would write the same metrics."""
+        names = [s.name for s in self.scanners]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError("directories", f"two scanner directories are both named {twice[0]!r} and would "
+                              "write the same metrics: name them (NAME=DIR, or [scanners.NAME] sections)")
         seen: dict[str, str] = {}
         for scanner, paths in self.metric_paths().items():
             for path in paths:

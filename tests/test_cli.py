@@ -212,3 +212,6 @@ def test_future_report_is_held_by_ingest_and_replay_and_one_site_for_two_scanner
                    f'[scanners.a]\ndirectory = "{tmp_path / "a"}"\n[scanners.b]\ndirectory = "{tmp_path / "b"}"\n')
     proc = run("ingest", "--config", str(cfg), check_rc=2)
     assert "site: scanners 'a' and 'b' would write the same metrics" in proc.stderr
+    proc = run("ingest", str(tmp_path / "x" / "bay"), str(tmp_path / "y" / "bay"), "--graphite", "127.0.0.1:9",
+               check_rc=2)
+    assert "directories: two scanner directories are both named 'bay'" in proc.stderr
