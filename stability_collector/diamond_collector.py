@@ -206,7 +206,14 @@ class StabilityCollector(_DiamondCollector):
         current = self._config_sources()
         if current is not None and current != self._config_seen:
             self.log.info("StabilityCollector: configuration changed, reloading")
-            self.load_config()
+            try:
+                self.load_config()
+            except Exception as exc:  # e.g. Diamond's own checks; wait for the next edit
+                self._config_seen = current
+                self._ingestor = None
+                self._config_error = str(exc)
+                self.log.error("StabilityCollector configuration error: %s (edit the config: it is re-read "
+                               "every interval)", exc)
 
     # -- configuration ---------------------------------------------------------------
     def _diamond_graphite(self) -> tuple[str, int]:
