@@ -1,23 +1,26 @@
 """``hops-stability``: parse, ingest, watch and replay MGH stability reports.
 
 Exit codes: 0 success; 1 something was left undelivered (Graphite down, a file still
-settling, an archive move failed) or a report did not parse (``parse``); 2 bad usage or
-configuration; 3 (``ingest``) everything was handled but some reports were quarantined.
+settling, a scan time in the future, an archive move failed) or a report did not parse
+(``parse``); 2 bad usage or configuration (including a carbon storage schema that would lose
+data); 3 (``ingest``) everything was handled but some reports were quarantined.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
 from .config import StabilityConfig, build_config, load_config_file
 from .delivery import GraphiteSender
-from .ingest import Ingestor, Outcome, PassSummary, scanner_name_for
+from .ingest import MIN_AGE_SECONDS, Ingestor, Outcome, PassSummary, future_scan_message
 from .metrics import LAYOUTS, ConfigError, report_metrics, resolve_timezone
 from .report import ReportParseError, read_report
 
@@ -36,6 +39,9 @@ def _layout_args(p: argparse.ArgumentParser) -> None:
                    help="coil names by channel count (default '<C>ch', e.g. 32ch)")
     g.add_argument("--site", help="site path for the 'upstream' layout (default <prefix>.<scanner>)")
     g.add_argument("--timezone", help="IANA time zone of the scan times (default: this host's zone)")
+    g.add_argument("--storage-schemas", dest="storage_schemas", metavar="FILE",
+                   help="carbon's storage-schemas.conf: refuse to start if it would lose phantom data "
+                        "(see 'hops-stability schema')")
 
 
 def _ingest_args(p: argparse.ArgumentParser, dirs: bool = True) -> None:
@@ -89,10 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _layout_args(p)
 
+    p = sub.add_parser("schema", help="print the carbon storage-schemas.conf section the configured "
+                                      "metric names need (and check a storage-schemas.conf)")
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="scanner directories, as for ingest")
+    _layout_args(p)
+
     p = sub.add_parser("samples", help="generate synthetic reports (a year, two scanners)")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--seed", type=int, default=20250106)
-    p.add_argument("--weeks", type=int, default=52)
+    p.add_argument("--weeks", type=int, default=52,
+                   help="weeks from 2025-01-06 (refused if a scan would lie in the future)")
 
     p = sub.add_parser("demo", help="start a private carbon-cache (+graphite-web), ingest the sample "
                                     "reports and show values read back")
@@ -107,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from(args: argparse.Namespace) -> StabilityConfig:
     values: dict[str, Any] = load_config_file(getattr(args, "config", None))
     for key in ("graphite", "layout", "prefix", "metric_template", "summary_template", "coil_map", "site",
-                "timezone", "archive_subdir", "failed_subdir", "settle_seconds", "poll_interval", "timeout"):
+                "timezone", "archive_subdir", "failed_subdir", "settle_seconds", "poll_interval", "timeout",
+                "storage_schemas"):
         flag = getattr(args, key, None)
         if flag is not None:
             values[key] = flag
@@ -120,10 +133,10 @@ def _config_from(args: argparse.Namespace) -> StabilityConfig:
 
 def cmd_parse(args: argparse.Namespace) -> int:
     config = _config_from(args)
-    tz = resolve_timezone(config.timezone)
     status = EXIT_OK
     for name in args.files:
         path = Path(name)
+        source = config.scanner_for(path.parent, args.scanner)
         try:
             report = read_report(path)
         except ReportParseError as exc:
@@ -134,16 +147,28 @@ def cmd_parse(args: argparse.Namespace) -> int:
             print(f"error: {path}: {exc.strerror or exc}", file=sys.stderr)
             status = EXIT_LEFT
             continue
-        scanner = args.scanner or scanner_name_for(path, (config.archive_subdir, config.failed_subdir))
-        metrics = report_metrics(report, scanner, config.layout, tz)
+        metrics = report_metrics(report, source.name, config.layout,
+                                 resolve_timezone(source.timezone, f"timezone of {source.name}"), source.site)
+        now = time.time()
+        if metrics.timestamp > now - MIN_AGE_SECONDS:
+            print(f"warning: {path}: {future_scan_message(metrics, source, now)}", file=sys.stderr)
         sys.stdout.write(metrics.as_json() + "\n" if args.format == "json" else metrics.graphite_lines())
     return status
+
+
+def _checked(config: StabilityConfig) -> StabilityConfig:
+    """Start-up checks of a config that sends: scanners apart, carbon's storage schema."""
+    config.check_scanners_apart()
+    for warning in config.check_storage_schemas():
+        logging.getLogger("hops.stability").warning("%s", warning)
+    return config
 
 
 def _make_ingestor(config: StabilityConfig, trust_file_times: bool) -> Ingestor:
     if not config.scanners:
         raise ConfigError("directories", "no scanner directories: give DIR arguments or [scanners.NAME] "
                                          "sections in the config file")
+    _checked(config)
     sender = GraphiteSender(config.require_graphite(), timeout=config.timeout)
     return Ingestor(config.scanners, config.ingest_settings, sender, trust_file_times=trust_file_times)
 
@@ -200,20 +225,42 @@ def cmd_replay(args: argparse.Namespace) -> int:
     archive = Path(args.archive_dir)
     if not archive.is_dir():
         raise ConfigError("ARCHIVE_DIR", f"{archive} is not a directory")
-    scanner = args.scanner or scanner_name_for(archive / "x", (config.archive_subdir, config.failed_subdir))
+    source = config.scanner_for(archive, args.scanner)
+    _checked(dataclasses.replace(config, scanners=(source,)))
     sender = GraphiteSender(config.require_graphite(), timeout=config.timeout)
-    summary = replay(archive, scanner, config.layout, sender, timezone=config.timezone,
+    summary = replay(archive, source.name, config.layout, sender, timezone=source.timezone,
                      since=parse_date(args.since, "since") if args.since else None,
                      until=parse_date(args.until, "until") if args.until else None,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, source=source)
     print(summary.line())
-    return EXIT_LEFT if summary.undelivered or summary.unparsable else EXIT_OK
+    return EXIT_LEFT if summary.undelivered or summary.unparsable or summary.held else EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schemas import schema_entries
+
+    config = _config_from(args)
+    if not config.scanners:
+        raise ConfigError("directories", "no scanner directories: give DIR arguments or [scanners.NAME] "
+                                         "sections in the config file")
+    config.check_scanners_apart()
+    print("# carbon storage-schemas.conf: put this before any other section that matches these metrics,")
+    print("# then restart carbon (existing whisper files keep their schema: whisper-resize them).")
+    print(schema_entries(config.metric_paths()), end="")
+    if config.storage_schemas is not None:
+        for warning in config.check_storage_schemas():     # raises ConfigError when it loses data
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"{config.storage_schemas}: verified for {len(config.scanners)} scanner(s)", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
     from .samples import generate
 
-    files = generate(args.out_dir, weeks=args.weeks, seed=args.seed)
+    try:
+        files = generate(args.out_dir, weeks=args.weeks, seed=args.seed)
+    except ValueError as exc:
+        raise ConfigError("weeks", str(exc)) from None
     print(f"wrote {len(files)} reports under {args.out_dir}")
     return EXIT_OK
 
@@ -225,7 +272,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"parse": cmd_parse, "ingest": cmd_ingest, "watch": cmd_watch, "replay": cmd_replay,
-            "samples": cmd_samples, "demo": cmd_demo}
+            "schema": cmd_schema, "samples": cmd_samples, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,10 +16,17 @@ override it, flags last.  Validation happens at start-up and every error names t
     settle_seconds = 30
     poll_interval = 30
     timeout = 15                       # seconds to wait for Graphite's confirmation
+    # storage_schemas = "/etc/carbon/storage-schemas.conf"   # carbon's, to verify it at start-up
 
     [scanners.prisma1]
     directory = "/mnt/scanners/prisma1"
     timezone = "America/New_York"
+    # site = "Harvard.Northwest.Bay1"  # this scanner's site path (layout "upstream")
+
+Every command resolves a scanner the same way (:meth:`StabilityConfig.scanner_for`): a
+report directory (or its ``ingested``/``failed`` sub-directory) that is a configured
+scanner's ``directory`` gets that scanner's name, zone and site; anything else is named
+after its directory and read in the default ``timezone``.
 """
 from __future__ import annotations
 
@@ -30,17 +37,21 @@ from typing import Any, Mapping
 
 from .delivery import GraphiteAddress
 from .ingest import (DEFAULT_ARCHIVE_SUBDIR, DEFAULT_FAILED_SUBDIR, DEFAULT_SETTLE_SECONDS,
-                     IngestSettings, ScannerSource, parse_source_spec)
+                     IngestSettings, ScannerSource, split_source_spec)
+from .localgraphite import graphite_conf_text
 from .metrics import ConfigError, MetricLayout, resolve_timezone
+from .schemas import check_schemas, load_schemas, parse_schemas, schema_entries, schema_for
 
 __all__ = ["StabilityConfig", "load_config_file"]
 
 _TOP_KEYS = {
     "graphite", "layout", "prefix", "metric_template", "summary_template", "coil_map", "site",
     "timezone", "archive_subdir", "failed_subdir", "settle_seconds", "poll_interval", "timeout",
-    "scanners",
+    "storage_schemas", "scanners",
 }
-_SCANNER_KEYS = {"directory", "timezone"}
+_SCANNER_KEYS = {"directory", "timezone", "site"}
+#: The shipped schema section HOPS' default names fall under.
+_SHIPPED_SECTION = "hops_stability"
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class StabilityConfig:
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
     poll_interval: float = 30.0
     timeout: float = 15.0
+    storage_schemas: Path | None = None
 
     @property
     def ingest_settings(self) -> IngestSettings:
@@ -61,15 +73,105 @@ class StabilityConfig:
                               self.settle_seconds).validated()
 
     def with_directories(self, specs: list[str]) -> "StabilityConfig":
-        """Replace the scanners by ``DIR`` / ``NAME=DIR`` specs (default time zone)."""
-        sources = tuple(parse_source_spec(s, self.timezone) for s in specs)
-        return replace(self, scanners=sources)
+        """Replace the scanners by ``DIR`` / ``NAME=DIR`` specs.  A ``DIR`` that is a
+        configured scanner's directory keeps that scanner's name (unless ``NAME=`` gives
+        another), zone and site; any other gets the default zone."""
+        sources = []
+        for spec in specs:
+            name, directory = split_source_spec(spec)
+            sources.append(self.scanner_for(directory, name))
+        return replace(self, scanners=tuple(sources))
+
+    def scanner_for(self, directory: Path, name: str | None = None) -> ScannerSource:
+        """The scanner whose reports are in ``directory`` (a scanner directory or its
+        archive/failed sub-directory), resolved as ``ingest`` and ``watch`` do: ``name``
+        (``--scanner``, ``NAME=DIR``) if given, a configured scanner with that name or
+        directory (its zone and site), else the directory's basename in the default zone."""
+        directory = Path(directory).expanduser()
+        scanner_dir = directory
+        resolved = directory.resolve()
+        if resolved.name in (self.archive_subdir, self.failed_subdir) and resolved.parent != resolved:
+            scanner_dir = resolved.parent
+        by_name = next((s for s in self.scanners if s.name == name), None) if name else None
+        by_directory = next((s for s in self.scanners if _same_directory(s.directory, scanner_dir)), None)
+        configured = by_name or by_directory
+        if configured is not None:
+            return replace(configured, name=name or configured.name, directory=scanner_dir)
+        return ScannerSource(name or scanner_dir.resolve().name or str(scanner_dir), scanner_dir, self.timezone)
+
+    def metric_paths(self) -> dict[str, list[str]]:
+        """Every path each scanner can produce (a 16-slice report per known coil)."""
+        return {s.name: self.layout.sample_paths(s.name, s.site) for s in self.scanners}
+
+    def check_scanners_apart(self) -> None:
+        """Refuse a configuration in which two scanners would write the same metrics."""
+        names = [s.name for s in self.scanners]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError("directories", f"two scanner directories are both named {twice[0]!r} and would "
+                              "write the same metrics: name them (NAME=DIR, or [scanners.NAME] sections)")
+        seen: dict[str, str] = {}
+        for scanner, paths in self.metric_paths().items():
+            for path in paths:
+                other = seen.setdefault(path, scanner)
+                if other != scanner:
+                    key = "site" if "{site}" in self.layout.template else "metric_template"
+                    raise ConfigError(key, f"scanners {other!r} and {scanner!r} would write the same metrics "
+                                      f"(e.g. {path}) and overwrite each other's values: give each scanner its "
+                                      "own site ([scanners.NAME] site = ...) or use {scanner} in the template")
+
+    def check_storage_schemas(self) -> list[str]:
+        """Verify carbon's storage schema for every metric path (see
+        :mod:`stability_collector.schemas`).  Raises :class:`ConfigError` (key
+        ``storage_schemas``) when ``storage_schemas`` names a file whose schema would lose
+        phantom data; returns warnings, among them a loud one when the paths lie outside
+        the shipped ``hops.`` schema and no ``storage_schemas`` file is given to check."""
+        paths = self.metric_paths()
+        if not paths:
+            return []
+        entries = schema_entries(paths)
+        if self.storage_schemas is None:
+            shipped = parse_schemas(graphite_conf_text("storage-schemas.conf"))
+            outside = [p for ps in paths.values() for p in ps if schema_for(shipped, p).name != _SHIPPED_SECTION]
+            if not outside:
+                return []
+            covered = {schema_for(shipped, p).name for p in outside} - {"default"}
+            shipped_note = (f" (the shipped storage-schemas.conf covers them in [{sorted(covered)[0]}]: make sure "
+                            "carbon uses it)" if len(covered) == 1 and schema_for(shipped, outside[0]).problem()
+                            is None else "")
+            return [f"cannot verify carbon's storage schema for these metrics (e.g. {outside[0]}): they lie "
+                    f"outside 'hops.'{shipped_note}. Unless carbon's storage-schemas.conf has this section "
+                    "before any other that matches them, carbon keeps them at its default resolution (two "
+                    "scans on one day overwrite each other, old scans are dropped):\n" + entries +
+                    "Set 'storage_schemas' (--storage-schemas) to carbon's storage-schemas.conf to have it "
+                    "checked at start-up (hops-stability schema prints this section)."]
+        result = check_schemas(load_schemas(self.storage_schemas), paths, str(self.storage_schemas))
+        if result.errors:
+            raise ConfigError("storage_schemas", "\n".join(result.errors) + "\nAdd this section before them "
+                              "(and restart carbon; existing whisper files keep their old schema, see "
+                              "whisper-resize):\n" + entries)
+        return result.warnings
 
     def require_graphite(self) -> GraphiteAddress:
         if self.graphite is None:
             raise ConfigError("graphite", "no Graphite address: give --graphite HOST:PORT or set "
                               "'graphite' in the config file")
         return self.graphite
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def check_site(key: str, site: str) -> None:
+    """Validate a site path; the error names ``key``."""
+    try:
+        MetricLayout(site=site).validated()
+    except ConfigError as exc:
+        raise ConfigError(key, str(exc).partition(": ")[2]) from None
 
 
 def _number(key: str, value: Any, minimum: float = 0.0) -> float:
@@ -124,7 +226,11 @@ def build_config(values: Mapping[str, Any]) -> StabilityConfig:
             raise ConfigError(f"{key}.directory", "missing")
         tz = _string(f"{key}.timezone", entry["timezone"]) if "timezone" in entry else timezone
         resolve_timezone(tz, f"{key}.timezone")
-        scanners.append(ScannerSource(name, Path(_string(f"{key}.directory", entry["directory"])).expanduser(), tz))
+        site = _string(f"{key}.site", entry["site"]) if "site" in entry else None
+        if site is not None:
+            check_site(f"{key}.site", site)
+        scanners.append(ScannerSource(name, Path(_string(f"{key}.directory", entry["directory"])).expanduser(),
+                                      tz, site))
     config = StabilityConfig(
         graphite=graphite,
         layout=layout,
@@ -135,6 +241,8 @@ def build_config(values: Mapping[str, Any]) -> StabilityConfig:
         settle_seconds=_number("settle_seconds", v.get("settle_seconds", DEFAULT_SETTLE_SECONDS)),
         poll_interval=_number("poll_interval", v.get("poll_interval", 30.0), 0.1),
         timeout=_number("timeout", v.get("timeout", 15.0), 0.1),
+        storage_schemas=Path(_string("storage_schemas", v["storage_schemas"])).expanduser()
+        if v.get("storage_schemas") else None,
     )
     config.ingest_settings  # validates sub-directory names
     return config

@@ -21,13 +21,28 @@ SIGALRM.  A pass stops starting new reports before the window ends, and SIGALRM 
 held back while one report is being delivered and moved, so a report is never
 interrupted half-way; the rest is picked up next interval.
 
+**Logging** goes to Diamond's collector logger (``self.log``, the ``diamond`` logger), so
+the collector's lines appear wherever Diamond's do (``diamond -l`` included).
+
+**Reloading.**  Diamond delivers SIGHUP to the process that gets it: the main PID (what
+``kill -HUP $(cat diamond.pid)`` and most service units signal) only re-reads its own
+config and leaves running collectors alone.  So the collector re-reads Diamond's
+configuration at the start of every interval and rebuilds itself when its settings (or
+the GraphiteHandler's host/port) changed: an edited config takes effect within one
+interval, with or without a signal.
+
+**Upstream names.**  With ``layout = upstream`` every path gets the prefix Diamond puts in
+front of a collector's metrics (``diamond_prefix = auto``): ``<path_prefix>.<hostname>
+[.<path_suffix>].StabilityCollector.``, exactly as the original collector's names got it.
+
 Works with diamond-next 5.x and Python 3 ports of classic Diamond (same
 ``diamond.collector.Collector`` / ``diamond.metric.Metric`` API).
 """
 from __future__ import annotations
 
 import contextlib
-import logging
+import dataclasses
+import json
 import os
 import signal
 import threading
@@ -50,14 +65,14 @@ except ImportError as _exc:  # pragma: no cover - exercised only without Diamond
 else:
     _IMPORT_ERROR = None
 
-from .config import build_config
+from .config import build_config, check_site
 from .delivery import GraphiteSender
 from .ingest import DEFAULT_ARCHIVE_SUBDIR, DEFAULT_FAILED_SUBDIR, DEFAULT_SETTLE_SECONDS, Ingestor, Outcome
 from .metrics import ConfigError, ReportMetrics
 
 __all__ = ["StabilityCollector"]
 
-log = logging.getLogger("hops.stability")
+_PROBE = "hops_probe"
 
 _HELP = {
     "directories": "Comma list of scanner directories, DIR or NAME=DIR; the scanner name is the "
@@ -66,13 +81,21 @@ _HELP = {
     "failed_subdir": f"Sub-directory unparsable reports move to, with a .error file (default {DEFAULT_FAILED_SUBDIR})",
     "timezone": "IANA time zone of the scan times in the file names (default: this host's zone)",
     "scanner_timezones": "Comma list NAME=ZONE for scanners in another zone than 'timezone'",
+    "scanner_sites": "Comma list NAME=SITE: each scanner's site path for the 'upstream' layout "
+                     "(the original collector's location with dots, e.g. bay1=Harvard.Northwest.Bay1)",
     "coil_map": "Comma list CHANNELS=NAME naming coils (default <C>ch, e.g. 32ch)",
     "layout": "'hops' (default: hops.stability.<scanner>.<coil>.<section>.<column>.<slice>) or "
               "'upstream' (the original HOPS collector's paths)",
-    "prefix": "Metric prefix (default hops.stability); Diamond's path_prefix/hostname are not used",
+    "prefix": "Metric prefix (default hops.stability)",
+    "diamond_prefix": "Put Diamond's prefix <path_prefix>.<hostname>[.<path_suffix>].StabilityCollector in "
+                      "front of every path, as the original collector's paths had it: auto (default: only "
+                      "with layout = upstream), True or False",
+    "storage_schemas": "Carbon's storage-schemas.conf: refuse to start if it would lose phantom data "
+                       "(unset: a warning when the paths lie outside 'hops.')",
     "metric_template": "str.format template for table values (overrides the layout's)",
     "summary_template": "str.format template for the per-report summaries (overrides the layout's)",
-    "site": "Site path for the 'upstream' layout (default <prefix>.<scanner>)",
+    "site": "Site path for the 'upstream' layout, one scanner only (default <prefix>.<scanner>); "
+            "see scanner_sites",
     "settle_seconds": f"A report that does not parse is quarantined only after it has been unchanged "
                       f"this long (default {DEFAULT_SETTLE_SECONDS:g})",
     "graphite_host": "Carbon host for confirmed delivery (default: Diamond's [[GraphiteHandler]] host)",
@@ -137,6 +160,9 @@ class StabilityCollector(_DiamondCollector):
             "failed_subdir": DEFAULT_FAILED_SUBDIR,
             "timezone": "",
             "scanner_timezones": "",
+            "scanner_sites": "",
+            "diamond_prefix": "auto",
+            "storage_schemas": "",
             "coil_map": "",
             "layout": "hops",
             "prefix": "hops.stability",
@@ -156,6 +182,38 @@ class StabilityCollector(_DiamondCollector):
         super().process_config()
         self._ingestor: Ingestor | None = None     # rebuilt from the new config (also on SIGHUP)
         self._config_error: str | None = None
+        self._config_seen = self._config_sources()
+
+    def _config_sources(self) -> str | None:
+        """This collector's settings (and the GraphiteHandler's) as Diamond's config files
+        say now; compared every interval to notice an edited config."""
+        configfile = getattr(self, "configfile", None)
+        if not configfile:
+            return None
+        try:
+            from diamond.utils.config import load_config
+            full = load_config(configfile)
+            collectors = full.get("collectors", {})
+            settings = {"default": dict(collectors.get("collectorsDefault", {})),
+                        "own": dict(collectors.get(self.name, {})),
+                        "graphite": dict(full.get("handlers", {}).get("GraphiteHandler", {}))}
+            return json.dumps(settings, sort_keys=True, default=str)
+        except Exception as exc:  # a config file being edited right now: keep running as configured
+            self.log.debug("StabilityCollector: cannot re-read %s: %s", configfile, exc)
+            return getattr(self, "_config_seen", None)
+
+    def _reload_if_changed(self) -> None:
+        current = self._config_sources()
+        if current is not None and current != self._config_seen:
+            self.log.info("StabilityCollector: configuration changed, reloading")
+            try:
+                self.load_config()
+            except Exception as exc:  # e.g. Diamond's own checks; wait for the next edit
+                self._config_seen = current
+                self._ingestor = None
+                self._config_error = str(exc)
+                self.log.error("StabilityCollector configuration error: %s (edit the config: it is re-read "
+                               "every interval)", exc)
 
     # -- configuration ---------------------------------------------------------------
     def _diamond_graphite(self) -> tuple[str, int]:
@@ -175,8 +233,31 @@ class StabilityCollector(_DiamondCollector):
             host = str(section.get("host", host)) or host
             port = int(section.get("port", port))
         except Exception as exc:  # never let a config quirk kill the collector
-            log.warning("cannot read GraphiteHandler settings from %s: %s", configfile, exc)
+            self.log.warning("cannot read GraphiteHandler settings from %s: %s", configfile, exc)
         return host, port
+
+    def _diamond_root(self, layout: str) -> str:
+        """What Diamond puts in front of this collector's metric names ("" when off)."""
+        setting = str(self.config.get("diamond_prefix", "auto")).strip().lower()
+        if setting == "auto":
+            wanted = layout == "upstream"
+        elif setting in ("1", "true", "yes", "y", "on", "t", "0", "false", "no", "n", "off", "f"):
+            wanted = _as_bool(setting)
+        else:
+            raise ConfigError("diamond_prefix", f"expected auto, True or False, found {setting!r}")
+        if not wanted:
+            return ""
+        return self.get_metric_path(_PROBE)[:-len(_PROBE)].rstrip(".")
+
+    @staticmethod
+    def _pairs(key: str, value: Any, what: str) -> dict[str, str]:
+        pairs = {}
+        for item in _as_list(value):
+            name, sep, setting = item.partition("=")
+            if not sep or not name.strip() or not setting.strip():
+                raise ConfigError(key, f"expected NAME={what}, found {item!r}")
+            pairs[name.strip()] = setting.strip()
+        return pairs
 
     def _build_ingestor(self) -> Ingestor:
         cfg = self.config
@@ -196,29 +277,36 @@ class StabilityCollector(_DiamondCollector):
             "failed_subdir": str(cfg.get("failed_subdir") or DEFAULT_FAILED_SUBDIR),
             "settle_seconds": cfg.get("settle_seconds", DEFAULT_SETTLE_SECONDS),
             "timeout": cfg.get("graphite_timeout", 10),
+            "storage_schemas": str(cfg.get("storage_schemas") or "") or None,
         }
         config = build_config(values)
         directories = _as_list(cfg.get("directories"))
         if not directories:
             raise ConfigError("directories", "no scanner directories configured")
         config = config.with_directories(directories)
-        zones = {}
-        for item in _as_list(cfg.get("scanner_timezones")):
-            name, sep, zone = item.partition("=")
-            if not sep:
-                raise ConfigError("scanner_timezones", f"expected NAME=ZONE, found {item!r}")
-            zones[name.strip()] = zone.strip()
-        unknown = set(zones) - {s.name for s in config.scanners}
-        if unknown:
-            raise ConfigError("scanner_timezones", f"no scanner named {sorted(unknown)[0]!r}")
-        scanners = tuple(type(s)(s.name, s.directory, zones.get(s.name, s.timezone)) for s in config.scanners)
+        zones = self._pairs("scanner_timezones", cfg.get("scanner_timezones"), "ZONE")
+        sites = self._pairs("scanner_sites", cfg.get("scanner_sites"), "SITE")
+        for key, given in (("scanner_timezones", zones), ("scanner_sites", sites)):
+            unknown = set(given) - {s.name for s in config.scanners}
+            if unknown:
+                raise ConfigError(key, f"no scanner named {sorted(unknown)[0]!r}")
+        scanners = tuple(dataclasses.replace(s, timezone=zones.get(s.name, s.timezone), site=sites.get(s.name, s.site))
+                         for s in config.scanners)
+        layout = dataclasses.replace(config.layout, root=self._diamond_root(values["layout"])).validated()
+        config = dataclasses.replace(config, scanners=scanners, layout=layout)
+        for scanner in scanners:
+            if scanner.site is not None:
+                check_site("scanner_sites", scanner.site)
+        config.check_scanners_apart()
+        for warning in config.check_storage_schemas():
+            self.log.warning("StabilityCollector: %s", warning)
         sender = GraphiteSender(config.require_graphite(), timeout=config.timeout)
         publish = self._publish if _as_bool(cfg.get("publish_to_handlers", False)) else None
         ingestor = Ingestor(scanners, config.ingest_settings, sender, trust_file_times=False,
-                            on_delivered=publish)
-        log.info("StabilityCollector: %d scanner director%s -> Graphite %s (confirmed delivery%s)",
-                 len(scanners), "y" if len(scanners) == 1 else "ies", config.graphite,
-                 ", mirrored to Diamond handlers" if publish else "")
+                            on_delivered=publish, logger=self.log)
+        self.log.info("StabilityCollector: %d scanner director%s -> Graphite %s (confirmed delivery%s)",
+                      len(scanners), "y" if len(scanners) == 1 else "ies", config.graphite,
+                      ", mirrored to Diamond handlers" if publish else "")
         return ingestor
 
     # -- Diamond hooks ---------------------------------------------------------------
@@ -238,19 +326,21 @@ class StabilityCollector(_DiamondCollector):
         return time.monotonic() + max(0.5, left * 0.8 - 0.2)
 
     def collect(self) -> None:
+        self._reload_if_changed()
         if getattr(self, "_ingestor", None) is None:
             if getattr(self, "_config_error", None) is not None:
-                return                  # reported once; fix the config and send SIGHUP
+                return                  # reported once; an edited config is picked up next interval
             try:
                 self._ingestor = self._build_ingestor()
             except ConfigError as exc:
                 self._config_error = str(exc)
-                log.error("StabilityCollector configuration error: %s", exc)
+                self.log.error("StabilityCollector configuration error: %s (edit the config: it is re-read "
+                               "every interval)", exc)
                 return
         try:
             summary = self._ingestor.run_pass(deadline=self._pass_deadline(), report_guard=_sigalrm_held)
         except Exception:  # one bad pass must never stop the collector process
-            log.exception("StabilityCollector pass failed; retrying next interval")
+            self.log.exception("StabilityCollector pass failed; retrying next interval")
             return
         if summary.count(Outcome.DELIVERED) or summary.count(Outcome.QUARANTINED):
-            log.info("StabilityCollector pass: %s", summary.line())
+            self.log.info("StabilityCollector pass: %s", summary.line())

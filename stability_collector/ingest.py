@@ -8,7 +8,12 @@ For every ``Stability_*.txt`` file directly in a scanner directory:
    If Graphite does not confirm, the file stays and is retried next pass;
 3. if it does not parse: once it has *settled* (unchanged for ``settle_seconds``, so a
    file still being copied is never judged), move it to ``<dir>/failed/`` with a
-   ``.error`` file naming the line and what was expected.  Before that it waits.
+   ``.error`` file naming the line and what was expected.  Before that it waits;
+4. if its scan time is not at least :data:`MIN_AGE_SECONDS` before this host's clock,
+   carbon would discard its datapoints (whisper keeps nothing from the future): it is
+   *held* — not sent, not archived, one warning naming the file, the time and the zone —
+   until that time has passed (a scanner east of the configured zone, a wrong scanner
+   clock or a wrong ``timezone`` setting; the warning says which setting to check).
 
 Sub-directories, files with other names and files that vanish mid-pass are skipped; one
 bad file never stops the others.  The Diamond collector, the ``hops-stability`` CLI and
@@ -17,13 +22,14 @@ the watcher all drive this same :class:`Ingestor`.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import enum
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 from .archive import ArchiveError, move_without_overwrite, quarantine
 from .delivery import DeliveryError, GraphiteSender
@@ -39,7 +45,9 @@ __all__ = [
     "SettleTracker",
     "Ingestor",
     "parse_source_spec",
-    "scanner_name_for",
+    "split_source_spec",
+    "MIN_AGE_SECONDS",
+    "future_scan_message",
 ]
 
 log = logging.getLogger("hops.stability")
@@ -47,38 +55,37 @@ log = logging.getLogger("hops.stability")
 DEFAULT_ARCHIVE_SUBDIR = "ingested"
 DEFAULT_FAILED_SUBDIR = "failed"
 DEFAULT_SETTLE_SECONDS = 30.0
+#: A report is sent only once its scan time is at least this far behind this host's clock
+#: (carbon discards datapoints from the future; the margin covers clocks a little apart).
+MIN_AGE_SECONDS = 60
 
 
 @dataclass(frozen=True)
 class ScannerSource:
-    """A scanner's report directory.  ``timezone`` is an IANA name (``None``: host zone)."""
+    """A scanner's report directory.  ``timezone`` is an IANA name (``None``: host zone);
+    ``site`` the scanner's own site path for the ``upstream`` layout (``None``: the layout's)."""
 
     name: str
     directory: Path
     timezone: str | None = None
+    site: str | None = None
 
 
-def parse_source_spec(spec: str, timezone: str | None = None, key: str = "directories") -> ScannerSource:
-    """``DIR`` (scanner name = the directory's basename) or ``NAME=DIR``."""
+def split_source_spec(spec: str, key: str = "directories") -> tuple[str | None, Path]:
+    """``NAME=DIR`` -> (NAME, DIR); ``DIR`` -> (None, DIR)."""
     spec = spec.strip()
     if not spec:
         raise ConfigError(key, "empty directory")
     name, sep, path = spec.partition("=")
     if not sep or "/" in name or not name.strip():
-        name, path = "", spec
-    directory = Path(path).expanduser()
-    if not name:
-        name = directory.resolve().name or str(directory)
-    return ScannerSource(name.strip(), directory, timezone)
+        return None, Path(spec).expanduser()
+    return name.strip(), Path(path).expanduser()
 
 
-def scanner_name_for(path: Path, archive_subdirs: Iterable[str] = (DEFAULT_ARCHIVE_SUBDIR, DEFAULT_FAILED_SUBDIR)) -> str:
-    """Default scanner name for a report file: its directory's basename, looking through
-    an ``ingested``/``failed`` sub-directory."""
-    parent = Path(path).resolve().parent
-    if parent.name in set(archive_subdirs) and parent.parent != parent:
-        parent = parent.parent
-    return parent.name or "scanner"
+def parse_source_spec(spec: str, timezone: str | None = None, key: str = "directories") -> ScannerSource:
+    """``DIR`` (scanner name = the directory's basename) or ``NAME=DIR``."""
+    name, directory = split_source_spec(spec, key)
+    return ScannerSource(name or directory.resolve().name or str(directory), directory, timezone)
 
 
 @dataclass(frozen=True)
@@ -108,10 +115,11 @@ class Outcome(enum.Enum):
     WAITING = "waiting"              # does not parse yet, not settled; left in place
     QUARANTINED = "quarantined"      # does not parse, settled; moved to failed/
     VANISHED = "vanished"            # disappeared during the pass (someone moved it)
+    HELD = "held"                    # scan time in the future: carbon would discard it; left in place
 
     @property
     def left_in_place(self) -> bool:
-        return self in (Outcome.UNDELIVERED, Outcome.ARCHIVE_FAILED, Outcome.WAITING)
+        return self in (Outcome.UNDELIVERED, Outcome.ARCHIVE_FAILED, Outcome.WAITING, Outcome.HELD)
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,7 @@ class ReportResult:
     detail: str = ""
     datapoints: int = 0
     moved_to: Path | None = None
+    retry_at: float | None = None    # HELD: epoch seconds from which it can be sent
 
     def describe(self) -> str:
         name = self.path.name
@@ -202,27 +211,37 @@ class Ingestor:
 
     def __init__(self, sources: Sequence[ScannerSource], settings: IngestSettings,
                  sender: GraphiteSender, trust_file_times: bool = False,
-                 on_delivered: Callable[[ReportMetrics], None] | None = None):
+                 on_delivered: Callable[[ReportMetrics], None] | None = None,
+                 logger: logging.Logger | None = None, retry_interval: float = 0.0,
+                 clock: Callable[[], float] = time.time):
         """``on_delivered`` is called with a report's metrics after Graphite confirmed
         them and before the report is archived (the Diamond collector mirrors them to
-        Diamond's handlers there)."""
+        Diamond's handlers there).  ``logger``: where messages go (default
+        ``hops.stability``; the Diamond collector passes Diamond's).  After a failed
+        delivery, no new connection is tried for ``retry_interval`` seconds (the
+        reports of passes in between are left undelivered with the same reason)."""
         self.sources = list(sources)
         self.on_delivered = on_delivered
         self.settings = settings.validated()
         self.sender = sender
+        self.log = logger or log
+        self.retry_interval = retry_interval
+        self.clock = clock
         self.tracker = SettleTracker(settings.settle_seconds, trust_file_times)
         self._zones = {s.name: resolve_timezone(s.timezone, key=f"timezone of {s.name}") for s in self.sources}
         self._reported: dict[Path, str] = {}   # last message logged per file (no log spam)
+        self._held: dict[Path, tuple[tuple[int, int, int, int], ReportResult]] = {}
+        self._graphite_down: tuple[float, str] | None = None   # (monotonic retry time, reason)
 
     # -- helpers -------------------------------------------------------------------
     def metrics_for(self, source: ScannerSource, path: Path, data: bytes) -> ReportMetrics:
         report = parse_report(data, str(path))
-        return report_metrics(report, source.name, self.settings.layout, self._zones[source.name])
+        return report_metrics(report, source.name, self.settings.layout, self._zones[source.name], source.site)
 
     def _note(self, path: Path, level: int, message: str) -> None:
         if self._reported.get(path) != message:
             self._reported[path] = message
-            log.log(level, "%s", message)
+            self.log.log(level, "%s", message)
 
     def candidates(self, source: ScannerSource) -> list[Path]:
         """Report files directly in the source directory, oldest scan first."""
@@ -257,6 +276,8 @@ class Ingestor:
         signal there so a report is never interrupted half-way)."""
         summary = PassSummary()
         graphite_down: str | None = None
+        if self._graphite_down is not None and time.monotonic() < self._graphite_down[0]:
+            graphite_down = self._graphite_down[1]      # retry the connection later, not every pass
         present: set[Path] = set()
         for source in self.sources:
             for path in self.candidates(source):
@@ -268,11 +289,17 @@ class Ingestor:
                     result = self.process(source, path, skip_delivery_reason=graphite_down)
                 if result.outcome is Outcome.UNDELIVERED and graphite_down is None:
                     graphite_down = result.detail
+                    self._graphite_down = (time.monotonic() + self.retry_interval, result.detail)
+                elif result.outcome is Outcome.DELIVERED:
+                    self._graphite_down = None
                 summary.results.append(result)
             if not summary.complete:
                 break
         if summary.complete:
             self.tracker.retain(present)
+            for p in list(self._held):
+                if p not in present:
+                    del self._held[p]
             for p in list(self._reported):
                 if p not in present and p.suffix == ".txt":
                     del self._reported[p]
@@ -280,6 +307,15 @@ class Ingestor:
 
     def process(self, source: ScannerSource, path: Path, skip_delivery_reason: str | None = None) -> ReportResult:
         """Ingest one report file (see the module docstring)."""
+        held = self._held.get(path)
+        if held is not None:                # not re-read until it is due or changes
+            try:
+                st = os.stat(path)
+            except OSError:
+                st = None
+            if st is not None and _signature(st) == held[0] and self.clock() < (held[1].retry_at or 0):
+                return held[1]
+            del self._held[path]
         try:
             with open(path, "rb") as fh:
                 st = os.fstat(fh.fileno())
@@ -295,6 +331,11 @@ class Ingestor:
         except ReportParseError as exc:
             return self._handle_bad(source, path, st, exc)
         self.tracker.forget(path)
+        now = self.clock()
+        if metrics.timestamp > now - MIN_AGE_SECONDS:
+            result = self._hold(source, path, metrics, now)
+            self._held[path] = (_signature(st), result)
+            return result
         if skip_delivery_reason is not None:
             return ReportResult(source, path, Outcome.UNDELIVERED, skip_delivery_reason)
         try:
@@ -312,7 +353,7 @@ class Ingestor:
             self._note(path, logging.ERROR, f"{path.name}: delivered but not archived, will retry: {exc}")
             return ReportResult(source, path, Outcome.ARCHIVE_FAILED, str(exc), len(metrics))
         self._reported.pop(path, None)
-        log.info("%s/%s: %d datapoints delivered, archived to %s", source.name, path.name, len(metrics), target)
+        self.log.info("%s/%s: %d datapoints delivered, archived to %s", source.name, path.name, len(metrics), target)
         return ReportResult(source, path, Outcome.DELIVERED, "", len(metrics), target)
 
     def _handle_bad(self, source: ScannerSource, path: Path, st: os.stat_result,
@@ -328,5 +369,38 @@ class Ingestor:
             return ReportResult(source, path, Outcome.ARCHIVE_FAILED, f"{exc}; and cannot quarantine: {qexc}")
         self.tracker.forget(path)
         self._reported.pop(path, None)
-        log.error("%s/%s quarantined to %s: %s", source.name, path.name, target, exc)
+        self.log.error("%s/%s quarantined to %s: %s", source.name, path.name, target, exc)
         return ReportResult(source, path, Outcome.QUARANTINED, str(exc), 0, target)
+
+    def _hold(self, source: ScannerSource, path: Path, metrics: ReportMetrics, now: float) -> ReportResult:
+        due = metrics.timestamp + MIN_AGE_SECONDS
+        detail = future_scan_message(metrics, source, now)
+        self._note(path, logging.WARNING, f"{path}: {detail}")
+        return ReportResult(source, path, Outcome.HELD, detail, len(metrics), retry_at=due)
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _utc(epoch: float) -> str:
+    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ahead(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 60:.0f} min"
+
+
+def future_scan_message(metrics: ReportMetrics, source: ScannerSource, now: float) -> str:
+    """Why a report whose scan time is in the future is held: its time and zone."""
+    zone = source.timezone or f"this host's zone ({_dt.datetime.now().astimezone().tzname()})"
+    scan = metrics.report.scan_time.strftime("%Y-%m-%d %H:%M:%S")
+    return (f"held, not sent: scan time {scan} in time zone {zone} is {_utc(metrics.timestamp)}, "
+            f"{_ahead(metrics.timestamp - now)} ahead of this host's clock ({_utc(now)}), and carbon discards "
+            f"datapoints from the future; it is sent once that time has passed (from "
+            f"{_utc(metrics.timestamp + MIN_AGE_SECONDS)}). If the scan is not really in the future, the "
+            f"scanner's clock or its time zone is wrong (setting 'timezone', or scanners.{source.name}.timezone)")

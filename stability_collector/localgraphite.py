@@ -95,14 +95,15 @@ class _Ports:
 class LocalGraphite:
     """A carbon-cache (plus graphite-web when ``web=True``) private to ``base_dir``.
 
-    ``line_port`` etc. default to free ports.  Use as a context manager or call
+    ``line_port`` etc. default to free ports; ``storage_schemas`` (text) replaces the
+    shipped storage-schemas.conf.  Use as a context manager or call
     :meth:`start` / :meth:`stop`.  :meth:`stop_carbon` / :meth:`start_carbon` restart
     carbon on the same ports (to simulate an outage).
     """
 
     def __init__(self, base_dir: str | os.PathLike[str], web: bool = False,
                  line_port: int | None = None, web_port: int | None = None,
-                 carbon_settings: dict[str, str] | None = None):
+                 carbon_settings: dict[str, str] | None = None, storage_schemas: str | None = None):
         self.base = Path(base_dir).resolve()
         self.web = web
         self.ports = _Ports(line_port or free_port(), free_port(), free_port(), web_port or free_port())
@@ -111,6 +112,7 @@ class LocalGraphite:
         self.whisper_dir = self.storage / "whisper"
         self.log_dir = self.storage / "log"
         self.carbon_settings = carbon_settings or {}
+        self.storage_schemas = storage_schemas     # text replacing the shipped storage-schemas.conf
         self.carbon: subprocess.Popen | None = None
         self.webapp: subprocess.Popen | None = None
         carbon = shutil.which("carbon-cache") or (
@@ -162,6 +164,8 @@ class LocalGraphite:
             parser.write(fh)
         for name in ("storage-schemas.conf", "storage-aggregation.conf"):
             (self.conf_dir / name).write_text(graphite_conf_text(name))
+        if self.storage_schemas is not None:
+            (self.conf_dir / "storage-schemas.conf").write_text(self.storage_schemas)
         (self.base / "webconf" / "hops_graphite_settings.py").write_text(f"""\
 SECRET_KEY = 'hops-local-only'
 ALLOWED_HOSTS = ['127.0.0.1', 'localhost']

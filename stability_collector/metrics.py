@@ -17,11 +17,15 @@ Default metric path (``--layout hops``)::
 plus per-report summary metrics ``hops.stability.<scanner>.<coil>.summary.<name>``
 (see :data:`SUMMARY_METRICS`).
 
-The ``upstream`` layout reproduces the paths of the original HOPS Diamond collector,
-``<site path>.<coil>.<Section>.<column as printed>.<slice unpadded>`` (for example
-``Harvard.Northwest.Bay2.32.SNR.sd[%].1``) with its coil map ``32=32,48=64``, for sites
-whose dashboards already use those names.  Templates are ``str.format`` strings over
-the fields listed in :data:`TEMPLATE_FIELDS`.
+The ``upstream`` layout reproduces the names of the original HOPS Diamond collector
+(github.com/fasrc/mri_stability_diamondcollector, 2018-02 onwards),
+``<site path>.<coil>.<Section>.<Column>.<slice unpadded>`` (for example
+``Harvard.Northwest.Bay2.32.SNR.sdpct.1``): the column header with ``[%]`` written ``pct``
+and every other non-word character removed (``sdpct P2Ppct p0 p1 p2``), and the original
+coil map ``32=32, 48=64, 64=64``.  Through Diamond the original's names also carry
+Diamond's prefix (``<path_prefix>.<hostname>[.<path_suffix>].StabilityCollector.``); the
+layout's ``root`` holds such a prefix.  Templates are ``str.format`` strings over the
+fields listed in :data:`TEMPLATE_FIELDS`.
 """
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ __all__ = [
     "resolve_timezone",
     "parse_coil_map",
     "sanitize_node",
+    "original_column_node",
 ]
 
 
@@ -76,7 +81,7 @@ TEMPLATE_FIELDS: Mapping[str, str] = {
     "section": "section in lower case: si sifit snr ghost fit",
     "Section": "section as printed: SI SIfit SNR ghost fit",
     "column": "column node: min max mean sd sdpct p2ppct p0 p1 p2 chisq",
-    "column_raw": "column as printed: min max mean sd sd[%] P2P[%] p[0] p[1] p[2] chisq",
+    "Column": "column as the original HOPS collector wrote it: min max mean sd sdpct P2Ppct p0 p1 p2 chisq",
     "slice": "slice number, two digits (01)",
     "slice_raw": "slice number as printed (1)",
     "name": "summary metric name (summary template only)",
@@ -112,15 +117,22 @@ LAYOUTS: Mapping[str, LayoutPreset] = {
         {},
     ),
     "upstream": LayoutPreset(
-        "{site}.{coil}.{Section}.{column_raw}.{slice_raw}",
+        "{site}.{coil}.{Section}.{Column}.{slice_raw}",
         "{site}.{coil}.summary.{name}",
-        {32: "32", 48: "64"},
+        {32: "32", 48: "64", 64: "64"},
     ),
 }
 
 DEFAULT_PREFIX = "hops.stability"
 _NODE_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 _PATH_OK = re.compile(r"[^\s.]+(\.[^\s.]+)*")
+
+
+def original_column_node(header: str) -> str:
+    """A column header as the original HOPS collector made it a metric node: ``[%]``
+    becomes ``pct``, then every non-word character is removed (``sd[%]`` -> ``sdpct``,
+    ``P2P[%]`` -> ``P2Ppct``, ``p[0]`` -> ``p0``)."""
+    return re.sub(r"\W+", "", header.replace("[%]", "pct"))
 
 
 def sanitize_node(text: str) -> str:
@@ -203,6 +215,8 @@ class MetricLayout:
     prefix: str = DEFAULT_PREFIX
     coil_map: Mapping[int, str] = field(default_factory=dict)
     site: str | None = None
+    #: Put in front of every path (the Diamond collector's ``diamond_prefix``); "" = nothing.
+    root: str = ""
 
     @classmethod
     def from_options(cls, layout: str = "hops", template: str | None = None,
@@ -229,9 +243,11 @@ class MetricLayout:
             raise ConfigError("prefix", f"not a Graphite path: {self.prefix!r}")
         if self.site is not None and not _PATH_OK.fullmatch(self.site):
             raise ConfigError("site", f"not a Graphite path: {self.site!r}")
+        if self.root and not _PATH_OK.fullmatch(self.root):
+            raise ConfigError("diamond_prefix", f"not a Graphite path: {self.root!r}")
         self._check_template("metric_template", self.template,
                              required=("section", "column", "slice"), alt={"section": "Section",
-                                                                          "column": "column_raw",
+                                                                          "column": "Column",
                                                                           "slice": "slice_raw"})
         self._check_template("summary_template", self.summary_template, required=("name",), alt={})
         return self
@@ -242,6 +258,10 @@ class MetricLayout:
             used = {fname for _, fname, _, _ in string.Formatter().parse(template) if fname is not None}
         except ValueError as exc:
             raise ConfigError(key, f"bad template {template!r}: {exc}") from None
+        if "column_raw" in used:
+            raise ConfigError(key, f"{{column_raw}} in {template!r} gives names such as 'sd[%]' that "
+                              "graphite-web cannot query; use {Column} (sdpct, P2Ppct, p0: the original "
+                              "HOPS collector's names) or {column} (sdpct, p2ppct, p0)")
         unknown = used - set(TEMPLATE_FIELDS)
         if unknown:
             raise ConfigError(key, f"unknown field(s) {', '.join(sorted(unknown))} in {template!r}; "
@@ -258,56 +278,70 @@ class MetricLayout:
     def coil_for(self, channels: int) -> str:
         return self.coil_map.get(channels) or f"{channels}ch"
 
-    def _base_fields(self, scanner: str, channels: int) -> dict[str, str]:
+    def _base_fields(self, scanner: str, channels: int, site: str | None) -> dict[str, str]:
         scanner_node = sanitize_node(scanner)
         prefix = _sanitize_path(self.prefix) if self.prefix else ""
-        site = _sanitize_path(self.site) if self.site else ".".join(p for p in (prefix, scanner_node) if p)
+        site = site or self.site
+        site = _sanitize_path(site) if site else ".".join(p for p in (prefix, scanner_node) if p)
         return {"prefix": prefix, "site": site, "scanner": scanner_node,
                 "coil": sanitize_node(self.coil_for(channels)), "channels": str(channels)}
 
-    def value_paths(self, scanner: str, channels: int, slices: int) -> list[str]:
-        """Paths of every table value, in report order (section, slice, column)."""
-        key = (scanner, channels, slices)
+    def _rooted(self, path: str) -> str:
+        return _collapse(f"{_sanitize_path(self.root)}.{path}" if self.root else path)
+
+    def value_paths(self, scanner: str, channels: int, slices: int, site: str | None = None) -> list[str]:
+        """Paths of every table value, in report order (section, slice, column).
+        ``site`` overrides the layout's site path (a scanner's own ``site``)."""
+        key = (scanner, channels, slices, site)
         cached = _PATH_CACHE.get((self, key))
         if cached is not None:
             return cached
-        base = self._base_fields(scanner, channels)
+        base = self._base_fields(scanner, channels, site)
         width = max(2, len(str(slices)))
         paths = []
         for section in SECTION_NAMES:
             for slice_no in range(1, slices + 1):
                 for column in SECTION_COLUMNS[section]:
-                    paths.append(_collapse(self.template.format(
+                    paths.append(self._rooted(self.template.format(
                         section=section.lower(), Section=section, column=COLUMN_NODES[column],
-                        column_raw=column, slice=str(slice_no).zfill(width), slice_raw=str(slice_no),
-                        name="", **base)))
+                        Column=original_column_node(column), slice=str(slice_no).zfill(width),
+                        slice_raw=str(slice_no), name="", **base)))
         if len(_PATH_CACHE) > 256:
             _PATH_CACHE.clear()
         _PATH_CACHE[(self, key)] = paths
         return paths
 
-    def summary_path(self, scanner: str, channels: int, name: str) -> str:
-        key = (self, (scanner, channels, name))
+    def summary_path(self, scanner: str, channels: int, name: str, site: str | None = None) -> str:
+        key = (self, (scanner, channels, name, site))
         cached = _SUMMARY_CACHE.get(key)
         if cached is None:
             if len(_SUMMARY_CACHE) > 4096:
                 _SUMMARY_CACHE.clear()
-            cached = _SUMMARY_CACHE[key] = self._summary_path(scanner, channels, name)
+            cached = _SUMMARY_CACHE[key] = self._summary_path(scanner, channels, name, site)
         return cached
 
-    def _summary_path(self, scanner: str, channels: int, name: str) -> str:
-        base = self._base_fields(scanner, channels)
-        return _collapse(self.summary_template.format(
-            section="summary", Section="summary", column=name, column_raw=name, slice="",
+    def _summary_path(self, scanner: str, channels: int, name: str, site: str | None) -> str:
+        base = self._base_fields(scanner, channels, site)
+        return self._rooted(self.summary_template.format(
+            section="summary", Section="summary", column=name, Column=name, slice="",
             slice_raw="", name=name, **base))
+
+    def sample_paths(self, scanner: str, site: str | None = None) -> list[str]:
+        """Every path of a 16-slice report for each coil of the coil map (and 32
+        channels): what a storage-schema check has to cover."""
+        paths: list[str] = []
+        for channels in sorted({32, *self.coil_map}):
+            paths += self.value_paths(scanner, channels, 16, site)
+            paths += [self.summary_path(scanner, channels, name, site) for name in SUMMARY_METRICS]
+        return paths
 
     def __hash__(self) -> int:  # coil_map is a dict; hash by content
         return hash((self.template, self.summary_template, self.prefix,
-                     tuple(sorted(self.coil_map.items())), self.site))
+                     tuple(sorted(self.coil_map.items())), self.site, self.root))
 
 
-_PATH_CACHE: dict[tuple[MetricLayout, tuple[str, int, int]], list[str]] = {}
-_SUMMARY_CACHE: dict[tuple[MetricLayout, tuple[str, int, str]], str] = {}
+_PATH_CACHE: dict[tuple[MetricLayout, tuple[str, int, int, str | None]], list[str]] = {}
+_SUMMARY_CACHE: dict[tuple[MetricLayout, tuple[str, int, str, str | None]], str] = {}
 
 
 def _collapse(path: str) -> str:
@@ -386,15 +420,16 @@ class ReportMetrics:
 
 
 def report_metrics(report: StabilityReport, scanner: str, layout: MetricLayout,
-                   tz: _dt.tzinfo | None = None) -> ReportMetrics:
-    """Name every value of ``report`` for ``scanner`` and time-stamp it with the scan time."""
+                   tz: _dt.tzinfo | None = None, site: str | None = None) -> ReportMetrics:
+    """Name every value of ``report`` for ``scanner`` (``site``: the scanner's own site
+    path, overriding the layout's) and time-stamp it with the scan time."""
     timestamp = scan_epoch(report.scan_time, tz)
-    paths = list(layout.value_paths(scanner, report.channels, report.slices))
+    paths = list(layout.value_paths(scanner, report.channels, report.slices, site))
     texts: list[str] = []
     for section in SECTION_NAMES:
         for row in report.sections[section].texts:
             texts.extend(row)
     for name, value in summaries(report).items():
-        paths.append(layout.summary_path(scanner, report.channels, name))
+        paths.append(layout.summary_path(scanner, report.channels, name, site))
         texts.append(_fmt(value))
     return ReportMetrics(report, scanner, timestamp, paths, texts)

@@ -12,6 +12,8 @@ for two scanners:
 
 Values follow the shape of real reports (per-slice profiles taken from the MGH sample,
 noise, drift within a run fitted by ``p0 + p1 t + p2 t^2``).  Deterministic for a seed.
+No report is dated in the future (carbon would discard it): a set that would reach past
+the present is refused before anything is written.
 """
 from __future__ import annotations
 
@@ -103,37 +105,57 @@ def _stat_row(slice_no: int, mean: float, sd: float, below: float, above: float,
 
 
 def generate(out_dir: str | Path, start: _dt.date = _dt.date(2025, 1, 6), weeks: int = 52,
-             scanners: tuple[ScannerModel, ...] = DEFAULT_SCANNERS, seed: int = 20250106) -> list[Path]:
-    """Write the sample set into ``out_dir/<scanner>/``; returns the files written."""
-    out = Path(out_dir)
-    written = []
+             scanners: tuple[ScannerModel, ...] = DEFAULT_SCANNERS, seed: int = 20250106,
+             now: _dt.datetime | None = None) -> list[Path]:
+    """Write the sample set into ``out_dir/<scanner>/``; returns the files written.
+
+    File names are wall-clock times, which ``ingest`` reads in this host's zone by default;
+    raises ``ValueError`` (and writes nothing) if any scan would be later than ``now``
+    (default: this host's local time) less a minute."""
+    limit = (now or _dt.datetime.now()) - _dt.timedelta(seconds=60)
+    planned: list[tuple[Path, str, _dt.datetime, int]] = []
     for model in scanners:
-        rng = random.Random(f"{seed}-{model.name}")
-        folder = out / model.name
-        folder.mkdir(parents=True, exist_ok=True)
-        first = start + _dt.timedelta(days=(model.weekday - start.weekday()) % 7)
-        for week in range(weeks):
-            day = first + _dt.timedelta(weeks=week)
-            years = (day - start).days / 365.25
-            gain = 1.0 - model.decay_per_year * years
-            drift = -0.004
-            if model.service_date and day >= model.service_date:
-                gain *= 1.0 + model.service_gain
-                drift /= 2
-            ghost = 2.5
-            if model.ghost_episode and model.ghost_episode[0] <= day <= model.ghost_episode[1]:
-                ghost = 3.6
-            scans = [(model.channels, 0)]
-            if model.extra_coil_channels and week % 4 == 3:
-                scans.append((model.extra_coil_channels, 1))
-            for channels, nth in scans:
-                when = _dt.datetime.combine(day, _dt.time(model.hour, 0)) + _dt.timedelta(
-                    minutes=rng.randrange(0, 50) + 75 * nth, seconds=rng.randrange(60))
-                coil_gain = 1.25 if channels >= 48 else 1.0
-                text = render_report(16, 500, channels, model.si_level * gain * (0.62 if channels >= 48 else 1.0),
-                                     model.snr_level * gain * coil_gain * rng.gauss(1.0, 0.015),
-                                     drift * rng.gauss(1.0, 0.2), ghost, rng)
-                path = folder / report_name(when, model.xa30_names)
-                path.write_text(text)
-                written.append(path)
+        for path, text, when, week in _plan(Path(out_dir), model, start, weeks, seed):
+            planned.append((path, text, when, week))
+    future = [(when, week) for _, _, when, week in planned if when > limit]
+    if future:
+        last = max(when for when, _ in future)
+        fits = min(week for _, week in future)
+        raise ValueError(f"{weeks} weeks from {start} would write reports up to {last:%Y-%m-%d %H:%M}, after "
+                         f"the present ({limit:%Y-%m-%d %H:%M}); carbon discards datapoints from the future. "
+                         f"At most {fits} week(s) from {start} lie in the past")
+    written = []
+    for path, text, _, _ in planned:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
     return written
+
+
+def _plan(out: Path, model: ScannerModel, start: _dt.date, weeks: int, seed: int):
+    """(path, text, scan time, week index) of every report of one scanner, in order."""
+    rng = random.Random(f"{seed}-{model.name}")
+    folder = out / model.name
+    first = start + _dt.timedelta(days=(model.weekday - start.weekday()) % 7)
+    for week in range(weeks):
+        day = first + _dt.timedelta(weeks=week)
+        years = (day - start).days / 365.25
+        gain = 1.0 - model.decay_per_year * years
+        drift = -0.004
+        if model.service_date and day >= model.service_date:
+            gain *= 1.0 + model.service_gain
+            drift /= 2
+        ghost = 2.5
+        if model.ghost_episode and model.ghost_episode[0] <= day <= model.ghost_episode[1]:
+            ghost = 3.6
+        scans = [(model.channels, 0)]
+        if model.extra_coil_channels and week % 4 == 3:
+            scans.append((model.extra_coil_channels, 1))
+        for channels, nth in scans:
+            when = _dt.datetime.combine(day, _dt.time(model.hour, 0)) + _dt.timedelta(
+                minutes=rng.randrange(0, 50) + 75 * nth, seconds=rng.randrange(60))
+            coil_gain = 1.25 if channels >= 48 else 1.0
+            text = render_report(16, 500, channels, model.si_level * gain * (0.62 if channels >= 48 else 1.0),
+                                 model.snr_level * gain * coil_gain * rng.gauss(1.0, 0.015),
+                                 drift * rng.gauss(1.0, 0.2), ghost, rng)
+            yield folder / report_name(when, model.xa30_names), text, when, week

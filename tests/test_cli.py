@@ -160,3 +160,58 @@ def test_magickbox_stub_prints_help():
     exe = shutil.which("magickbox", path=os.path.dirname(sys.executable))
     proc = subprocess.run([exe], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: magickbox" in proc.stdout
+
+
+def test_every_command_resolves_the_configured_scanner_name_and_zone(own_carbon, tmp_path):
+    """A config whose scanner name differs from its directory and whose zone differs from
+    the default (the tests run with TZ=UTC): parse, replay and ingest DIR all use both."""
+    bay = tmp_path / "share" / "whatever"
+    ref = REFERENCE / "Stability_20180910T090910.txt"
+    copy_reports([ref], bay)
+    cfg = tmp_path / "hops.toml"
+    cfg.write_text(f'graphite = "{own_carbon.line_address}"\n'
+                   f'[scanners.skyra]\ndirectory = "{bay}"\ntimezone = "Asia/Tokyo"\n')
+    expected, ts = values_of(ref, "skyra", "Asia/Tokyo")
+    first = f"hops.stability.skyra.32ch.si.min.01 402.36 {ts}"
+    assert run("parse", "--config", str(cfg), str(bay / ref.name)).stdout.splitlines()[0] == first
+    # ingest with the directory on the command line (not only from [scanners])
+    assert "1 delivered" in run("ingest", "--config", str(cfg), str(bay)).stdout
+    assert wait_for_values(own_carbon, expected, ts) == expected
+    archived = bay / "ingested" / ref.name
+    assert run("parse", "--config", str(cfg), str(archived)).stdout.splitlines()[0] == first
+    assert run("parse", "--config", str(cfg), "--scanner", "skyra", str(ref)).stdout.splitlines()[0] == first
+    # a Graphite rebuild, then replay of the archive
+    own_carbon.stop_carbon()
+    shutil.rmtree(own_carbon.whisper_dir)
+    own_carbon.whisper_dir.mkdir()
+    own_carbon.start_carbon()
+    proc = run("replay", str(bay / "ingested"), "--config", str(cfg), "--no-progress")
+    assert "1 report(s) re-sent" in proc.stdout
+    assert wait_for_values(own_carbon, expected, ts) == expected
+    assert sorted(p.name for p in (own_carbon.whisper_dir / "hops" / "stability").iterdir()) == ["skyra"]
+
+
+def test_future_report_is_held_by_ingest_and_replay_and_one_site_for_two_scanners_is_refused(tmp_path):
+    import datetime as dt
+    bay = tmp_path / "bayF"
+    bay.mkdir()
+    ahead = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)
+    future = bay / ahead.strftime("Stability_%Y%m%dT%H%M%S.txt")
+    future.write_bytes((REFERENCE / "Stability_20180910T090910.txt").read_bytes())
+    proc = run("ingest", str(bay), "--graphite", "127.0.0.1:9", "--timeout", "1", check_rc=1)
+    assert "held" in proc.stdout and "1 held" in proc.stdout and "ahead of this host's clock" in proc.stdout
+    assert "in time zone this host's zone (UTC)" in proc.stdout
+    assert future.exists() and not (bay / "ingested").exists()
+    assert "carbon discards datapoints from the future" in run("parse", str(future)).stderr
+    (bay / "ingested").mkdir()
+    future.rename(bay / "ingested" / future.name)
+    proc = run("replay", str(bay / "ingested"), "--graphite", "127.0.0.1:9", "--no-progress", check_rc=1)
+    assert "0 report(s) re-sent" in proc.stdout and "1 held (scan time in the future)" in proc.stdout
+    cfg = tmp_path / "two.toml"
+    cfg.write_text(f'graphite = "127.0.0.1:9"\nlayout = "upstream"\nsite = "Harvard.Northwest.Bay1"\n'
+                   f'[scanners.a]\ndirectory = "{tmp_path / "a"}"\n[scanners.b]\ndirectory = "{tmp_path / "b"}"\n')
+    proc = run("ingest", "--config", str(cfg), check_rc=2)
+    assert "site: scanners 'a' and 'b' would write the same metrics" in proc.stderr
+    proc = run("ingest", str(tmp_path / "x" / "bay"), str(tmp_path / "y" / "bay"), "--graphite", "127.0.0.1:9",
+               check_rc=2)
+    assert "directories: two scanner directories are both named 'bay'" in proc.stderr

@@ -17,6 +17,7 @@ import pytest
 from conftest import REPO, TRUNCATED, copy_reports, good_reference_reports, reference_reports, wait_for_values
 from stability_collector.metrics import MetricLayout, report_metrics, resolve_timezone
 from stability_collector.report import read_report
+from upstream_original import original_collector_names
 
 DIAMOND = shutil.which("diamond", path=os.path.dirname(sys.executable))
 SHIPPED = REPO / "deploy" / "diamond"
@@ -29,8 +30,10 @@ class DiamondDaemon:
         self.base = base
         (base / "collectors_conf").mkdir(parents=True)
         (base / "handlers_conf").mkdir()
-        self.log = base / "diamond.log"
+        self.log = base / "diamond.out"          # stdout and stderr (the shipped config logs to stderr)
+        self.stdout = base / "diamond.stdout"    # with log_stdout: Diamond's -l output alone
         # the shipped example, with this test's paths and ports substituted line by line
+        # (its logging section is used as shipped: it must work without /var/log/diamond)
         text = (SHIPPED / "diamond.conf").read_text()
         replacements = {
             "pid_file": str(base / "diamond.pid"),
@@ -38,7 +41,6 @@ class DiamondDaemon:
             "collectors_config_path": str(base / "collectors_conf") + "/",
             "handlers_config_path": str(base / "handlers_conf") + "/",
             "port": str(carbon_port),
-            "args": f"({str(self.log)!r}, 'midnight', 1, 7)",
         }
         for key, value in replacements.items():
             text, count = re.subn(rf"^{key} = .*$", lambda _m: f"{key} = {value}", text, count=1, flags=re.M)
@@ -50,16 +52,23 @@ class DiamondDaemon:
             (base / "handlers_conf" / "ArchiveHandler.conf").write_text(
                 f"log_file = {base / 'archive.log'}\ndays = 1\n")
         (base / "diamond.conf").write_text(text)
-        collector = configobj.ConfigObj(str(SHIPPED / "StabilityCollector.conf"))
-        collector.update({"directories": directories, "interval": "2", "settle_seconds": "1",
-                          "timezone": "UTC", **collector_options})
-        collector.filename = str(base / "collectors_conf" / "StabilityCollector.conf")
-        collector.write()
+        self.collector_conf = base / "collectors_conf" / "StabilityCollector.conf"
+        self.write_collector_conf(**{"directories": directories, "interval": "2", "settle_seconds": "1",
+                                     "timezone": "UTC", **collector_options})
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "DiamondDaemon":
-        self.proc = subprocess.Popen([DIAMOND, "-c", str(self.base / "diamond.conf"), "-f", "--skip-pidfile"],
-                                     stdout=open(self.base / "diamond.stdout", "wb"), stderr=subprocess.STDOUT,
+    def write_collector_conf(self, **options: str) -> None:
+        """The shipped StabilityCollector.conf with ``options`` set."""
+        collector = configobj.ConfigObj(str(SHIPPED / "StabilityCollector.conf"))
+        collector.update(options)
+        collector.filename = str(self.collector_conf)
+        collector.write()
+
+    def start(self, log_stdout: bool = False) -> "DiamondDaemon":
+        """``log_stdout``: run with ``-l`` (Diamond's own logger also to stdout, kept apart)."""
+        args = [DIAMOND, "-c", str(self.base / "diamond.conf"), "-f", "--skip-pidfile"] + (["-l"] if log_stdout else [])
+        self.proc = subprocess.Popen(args, stdout=open(self.stdout if log_stdout else self.log, "wb"),
+                                     stderr=open(self.log, "ab") if log_stdout else subprocess.STDOUT,
                                      start_new_session=True, cwd=self.base)
         return self
 
@@ -195,3 +204,72 @@ def test_every_option_is_documented_and_the_shipped_conf_mentions_it():
 def test_shim_is_not_named_like_the_package():
     shims = [p.stem for p in (SHIPPED / "collectors").glob("*.py")]
     assert shims == ["hops_stability"]
+
+
+def test_collector_log_lines_show_with_diamond_l_and_the_shipped_logging_config(graphite, diamond_factory, tmp_path):
+    """`diamond -f -l` prints Diamond's own logger on stdout: the collector's lines must be
+    there (they went to 'hops.stability' before), and the shipped logging config must
+    initialise on a machine without /var/log/diamond."""
+    scanner_dir = tmp_path / "share" / "bayL"
+    scanner_dir.mkdir(parents=True)
+    daemon = diamond_factory(graphite.ports.line, str(scanner_dir)).start(log_stdout=True)
+    copy_reports(good_reference_reports()[:1], scanner_dir)
+    name = good_reference_reports()[0].name
+    wait_until(lambda: archived(scanner_dir) == [name], 60, "the report archived", daemon)
+    wait_until(lambda: f"bayL/{name}: 457 datapoints delivered" in daemon.stdout.read_text(), 10,
+               "the collector's line on Diamond's -l output", daemon)
+    assert "Error occurs when initialize logging" not in daemon.log_text()
+    assert f"bayL/{name}: 457 datapoints delivered" in daemon.log_text()      # the shipped stderr handler
+
+
+def test_edited_config_is_reloaded_when_diamond_main_pid_gets_sighup(graphite, diamond_factory, tmp_path):
+    """Sites reload with `kill -HUP <diamond pid>` (or `systemctl reload`): that signal
+    reaches Diamond's main process, not the collector's child process."""
+    scanner_dir = tmp_path / "share" / "bayH"
+    scanner_dir.mkdir(parents=True)
+    daemon = diamond_factory(graphite.ports.line, str(scanner_dir), timezone="Nowhere/City").start()
+    wait_until(lambda: "StabilityCollector configuration error" in daemon.log_text(), 30, "config error", daemon)
+    copy_reports(good_reference_reports(), scanner_dir)
+    daemon.write_collector_conf(directories=str(scanner_dir), interval="2", settle_seconds="1", timezone="UTC")
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    good = [p.name for p in good_reference_reports()]
+    wait_until(lambda: archived(scanner_dir) == good, 30, "reports archived after the reload", daemon)
+    for path in good_reference_reports():
+        want, ts = expected(path, "bayH")
+        assert wait_for_values(graphite, want, ts) == want
+    assert daemon.proc.poll() is None
+    assert daemon.log_text().count("StabilityCollector configuration error") == 1
+
+
+def test_upstream_layout_through_diamond_reproduces_the_original_collectors_paths(graphite, diamond_factory,
+                                                                                  tmp_path):
+    """Same Diamond settings as when the original collector ran (path_prefix, hostname),
+    layout = upstream and the old location as site: the whisper files are exactly the ones
+    the original collector's names give (tests/data/original_collector_names.json), and
+    graphite-web answers a query for them."""
+    import json
+    recorded = json.loads((REPO / "tests" / "data" / "original_collector_names.json").read_text())
+    scanner_dir = tmp_path / "share" / "Bay1"
+    scanner_dir.mkdir(parents=True)
+    daemon = diamond_factory(graphite.ports.line, str(scanner_dir), layout="upstream",
+                             site=recorded["location"].replace("/", "."),
+                             path_prefix=recorded["diamond"]["path_prefix"],
+                             hostname=recorded["diamond"]["hostname"]).start()
+    copy_reports(good_reference_reports(), scanner_dir)
+    good = [p.name for p in good_reference_reports()]
+    wait_until(lambda: archived(scanner_dir) == good, 60, "reports archived", daemon)
+    root = "servers.hopsvm.StabilityCollector.Harvard.Northwest.Bay1"
+    for path in good_reference_reports():
+        original = recorded["reports"][path.name]
+        values = {p: float(v) for p, v in original_collector_names(path, "Harvard.Northwest.Bay1",
+                                                                  "servers.hopsvm.StabilityCollector").items()}
+        assert sorted(values) == original["paths"]
+        assert wait_for_values(graphite, values, original["timestamps"][0]) == values
+    # every table metric in whisper under the old root is one of the original's names
+    in_whisper = {str(p.relative_to(graphite.whisper_dir))[:-4].replace("/", ".")
+                  for p in (graphite.whisper_dir / root.replace(".", "/")).rglob("*.wsp")}
+    originals = {p for r in recorded["reports"].values() for p in r["paths"]}
+    assert {p for p in in_whisper if ".summary." not in p} == originals
+    series = graphite.render_json(f"{root}.64.SNR.sdpct.1")
+    assert series and 10.264 in [v for v, _ in series[0]["datapoints"]]
+    assert "cannot verify carbon's storage schema" in daemon.log_text()     # outside 'hops.': said loudly

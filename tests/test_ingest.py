@@ -2,6 +2,7 @@
 quarantine, outages, half-written files, idempotence."""
 from __future__ import annotations
 
+import datetime
 import os
 import threading
 import time
@@ -225,3 +226,125 @@ def test_per_scanner_time_zone(graphite, tmp_path, scanner_name, tz):
     copy_reports([source], directory)
     assert make_ingestor(graphite, directory, scanner_name, tz=tz).run_pass().count(Outcome.DELIVERED) == 1
     assert_in_whisper(graphite, source, scanner_name, tz)
+
+
+class _CountingSender(GraphiteSender):
+    """Counts connection attempts (deliver() opens one connection per call)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.attempts = 0
+
+    def deliver(self, payload):
+        self.attempts += 1
+        return super().deliver(payload)
+
+
+def test_watch_does_not_wake_itself_and_retries_a_stopped_carbon_every_5_s(own_carbon, tmp_path):
+    """While a report waits (one to settle, one for a stopped carbon) the watcher's own reads
+    must not wake it: measured with a second inotify watch that counts every open."""
+    from watchdog.events import FileOpenedEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    directory = tmp_path / "bayW"
+    good = good_reference_reports()[0]
+    copy_reports([good], directory)
+    settling = directory / "Stability_20200101T000000.txt"
+    settling.write_text("Stability configuration: 16 slices, 500 measurements, 32 channels\n\nStab")
+    own_carbon.stop_carbon()
+    opens: dict[str, int] = {}
+
+    class CountOpens(FileSystemEventHandler):
+        def on_any_event(self, event):
+            if isinstance(event, FileOpenedEvent) and not event.is_directory:
+                name = os.path.basename(event.src_path)
+                opens[name] = opens.get(name, 0) + 1
+
+    counter = Observer()
+    counter.schedule(CountOpens(), str(directory))
+    counter.start()
+    sender = _CountingSender(GraphiteAddress.parse(own_carbon.line_address), timeout=2)
+    ingestor = Ingestor([ScannerSource("bayW", directory, "UTC")], IngestSettings(settle_seconds=30), sender)
+    stop = threading.Event()
+    runner = threading.Thread(target=watch, kwargs=dict(ingestor=ingestor, poll_interval=30, stop=stop))
+    try:
+        time.sleep(0.5)
+        runner.start()
+        time.sleep(10.2)
+    finally:
+        stop.set()
+        runner.join(10)
+        counter.stop()
+        counter.join(5)
+    print(f"in 10 s: {sender.attempts} connection attempts, opens {opens}")
+    # passes at 0, 5 and 10 s: about 3 of each (before: a pass every ~0.3 s, 30+ of each)
+    assert 2 <= sender.attempts <= 4, sender.attempts
+    assert opens.get(good.name, 0) <= 4 and opens.get(settling.name, 0) <= 4, opens
+    assert good.name in os.listdir(directory) and settling.name in os.listdir(directory)
+
+
+def _report_named(directory: Path, when: datetime.datetime, source: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / when.strftime("Stability_%Y%m%dT%H%M%S.txt")
+    path.write_bytes(source.read_bytes())
+    return path
+
+
+def test_scan_time_in_the_future_is_held_not_archived(graphite, tmp_path, scanner_name, caplog):
+    """A scanner in Tokyo read in the wrong zone (UTC): its report is ~9 h in the future for
+    carbon, which would discard it.  It is held with a message naming file, time and zone,
+    nothing is sent or archived; read in the right zone it is delivered."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    directory = tmp_path / scanner_name
+    tokyo_now = dt.datetime.now(ZoneInfo("Asia/Tokyo")).replace(tzinfo=None, microsecond=0)
+    scan = tokyo_now - dt.timedelta(minutes=10)
+    report = _report_named(directory, scan, good_reference_reports()[0])
+    ingestor = make_ingestor(graphite, directory, scanner_name, tz="UTC")
+    with caplog.at_level("WARNING", logger="hops.stability"):
+        for _ in range(2):
+            result = ingestor.run_pass().results[0]
+            assert result.outcome is Outcome.HELD and result.outcome.left_in_place
+    assert report.exists() and not (directory / "ingested").exists()
+    assert ingestor.sender.batches_delivered == 0
+    warnings = [r.getMessage() for r in caplog.records if "held, not sent" in r.getMessage()]
+    assert len(warnings) == 1                                   # once, not every pass
+    message = warnings[0]
+    assert str(report) in message and "in time zone UTC" in message
+    assert f"scan time {scan:%Y-%m-%d %H:%M:%S} in time zone UTC" in message
+    assert "ahead of this host's clock" in message
+    expected, ts = expected_values(report, scanner_name, "UTC")
+    assert not graphite.whisper_path(next(iter(expected))).exists()     # nothing sent
+    # the right zone: delivered and in whisper
+    fixed = make_ingestor(graphite, directory, scanner_name, tz="Asia/Tokyo")
+    assert fixed.run_pass().results[0].outcome is Outcome.DELIVERED
+    assert_in_whisper(graphite, directory / "ingested" / report.name, scanner_name, "Asia/Tokyo")
+
+
+def test_a_held_report_is_sent_by_the_watcher_once_its_time_has_passed(graphite, tmp_path, scanner_name):
+    import datetime as dt
+
+    directory = tmp_path / scanner_name
+    # 55 s old: inside the 60 s margin, so held for about 5 s
+    when = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0) - dt.timedelta(seconds=55)
+    report = _report_named(directory, when, good_reference_reports()[0])
+    ingestor = make_ingestor(graphite, directory, scanner_name, tz="UTC")
+    outcomes: list[tuple[float, Outcome]] = []
+    stop = threading.Event()
+    runner = threading.Thread(target=watch, kwargs=dict(
+        ingestor=ingestor, poll_interval=60, stop=stop,
+        on_pass=lambda s: outcomes.extend((time.time(), r.outcome) for r in s.results)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (directory / "ingested" / report.name).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        runner.join(10)
+    assert outcomes[0][1] is Outcome.HELD
+    delivered = [t for t, o in outcomes if o is Outcome.DELIVERED]
+    due = when.replace(tzinfo=dt.timezone.utc).timestamp() + 60
+    assert delivered and due <= delivered[0] < due + 5, (outcomes, due)   # woken when due, not at the 60 s poll
+    assert_in_whisper(graphite, directory / "ingested" / report.name, scanner_name, "UTC")

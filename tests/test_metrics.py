@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 
 import pytest
 
-from conftest import REFERENCE
-from stability_collector.metrics import (ConfigError, MetricLayout, parse_coil_map, report_metrics,
+from conftest import REFERENCE, REPO, good_reference_reports
+from stability_collector.metrics import (LAYOUTS, ConfigError, MetricLayout, parse_coil_map, report_metrics,
                                          resolve_timezone, scan_epoch, summaries)
 from stability_collector.report import read_report
+from upstream_original import diamond_prefix, original_collector_names
 
+DATA = REPO / "tests" / "data"
 R32 = REFERENCE / "Stability_20180910T090910.txt"
 R48 = REFERENCE / "Stability_20180124T133423.txt"
 
@@ -65,13 +68,50 @@ def test_coil_map_and_prefix():
 def test_upstream_layout_reproduces_original_collector_paths():
     layout = MetricLayout.from_options(layout="upstream", site="Harvard.Northwest.TestBay2")
     got = lines_of(report_metrics(read_report(R48), "ignored", layout))
-    assert got["Harvard.Northwest.TestBay2.64.SNR.sd[%].1"] == "10.264"
-    assert got["Harvard.Northwest.TestBay2.64.fit.p[2].16"] == "0.000006"
-    assert got["Harvard.Northwest.TestBay2.64.SIfit.P2P[%].10"] == "0.173"
+    assert got["Harvard.Northwest.TestBay2.64.SNR.sdpct.1"] == "10.264"
+    assert got["Harvard.Northwest.TestBay2.64.fit.p2.16"] == "0.000006"
+    assert got["Harvard.Northwest.TestBay2.64.SIfit.P2Ppct.10"] == "0.173"
+    assert not [p for p in got if "[" in p or "%" in p]
     assert "Harvard.Northwest.TestBay2.64.summary.snr_mean" in got
     # without a site path the upstream layout uses <prefix>.<scanner>
     got = lines_of(report_metrics(read_report(R32), "bay3", MetricLayout.from_options(layout="upstream")))
     assert "hops.stability.bay3.32.SI.min.1" in got
+
+
+def test_upstream_names_equal_the_original_collectors_for_every_reference_report():
+    """Names (and time stamps) the original collector itself published under diamond-next
+    (tests/data/original_collector_names.json), and our restatement of its rules."""
+    recorded = json.loads((DATA / "original_collector_names.json").read_text())
+    location = recorded["location"].replace("/", ".")
+    prefix = diamond_prefix(recorded["diamond"]["path_prefix"], recorded["diamond"]["hostname"])
+    layout = MetricLayout.from_options(layout="upstream", site=f"{prefix}.{location}")
+    for path in good_reference_reports():
+        metrics = report_metrics(read_report(path), "bay1", layout, resolve_timezone(recorded["tz"]))
+        table = {p: float(t) for p, t in zip(metrics.paths, metrics.texts) if ".summary." not in p}
+        original = recorded["reports"][path.name]
+        assert sorted(table) == original["paths"], path.name
+        assert [metrics.timestamp] == original["timestamps"]
+        restated = original_collector_names(path, location, prefix)
+        assert sorted(restated) == original["paths"]
+        assert table == {p: float(v) for p, v in restated.items()}      # every value, as printed
+
+
+def test_upstream_coil_map_includes_64_channels(tmp_path):
+    report64 = tmp_path / R48.name
+    report64.write_text(R48.read_text().replace("48 channels", "64 channels", 1))
+    layout = MetricLayout.from_options(layout="upstream", site="Harvard.Northwest.Bay1")
+    got = lines_of(report_metrics(read_report(report64), "x", layout))
+    table = {p: float(v) for p, v in got.items() if ".summary." not in p}
+    original = original_collector_names(report64, "Harvard.Northwest.Bay1")
+    assert "Harvard.Northwest.Bay1.64.SNR.mean.1" in original
+    assert table == {p: float(v) for p, v in original.items()}
+    assert dict(LAYOUTS["upstream"].coil_map) == {32: "32", 48: "64", 64: "64"}
+
+
+def test_a_template_with_bracketed_column_names_is_refused():
+    with pytest.raises(ConfigError) as e:
+        MetricLayout.from_options(template="{site}.{coil}.{Section}.{column_raw}.{slice_raw}")
+    assert e.value.key == "metric_template" and "{Column}" in str(e.value)
 
 
 def test_custom_template_and_validation_names_the_key():
