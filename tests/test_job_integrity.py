@@ -46,6 +46,10 @@ def input_files(node: MagickboxProcess, job: dict) -> list[Path]:
     return sorted((node.data_dir / "jobs" / str(job["id"]) / "input").rglob("*.dcm"))
 
 
+def job_output(node: MagickboxProcess, job: dict, name: str) -> str:
+    return (node.data_dir / "jobs" / str(job["id"]) / "result" / "output" / name).read_text()
+
+
 def echo(port: int, called: str, calling: str) -> int:
     return subprocess.run(["echoscu", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
                           capture_output=True, timeout=30).returncode
@@ -160,17 +164,14 @@ LISTER = ('find "$1" -name "*.dcm" | wc -l | tr -d " " > "$2/count"\n'
 
 
 def test_a_blocked_caller_cannot_obtain_another_senders_instances(tmp_path):
+    """EVIL may not call ProcA; it sends one instance under the StudyInstanceUID that
+    SCANNER1 sent ten instances of to ProcA, to ProcB, which it may use: its job gets its
+    own instance, nothing of SCANNER1's."""
     data = tmp_path / "node"
-    buckets = data / "buckets"
-    process_bucket(buckets, "ProcA", LISTER)
-    process_bucket(buckets, "ProcB", LISTER)
-    whole = process_bucket(buckets, "ProcWhole", LISTER)
-    info = json.loads((whole / "info.json").read_text())
-    info["run"]["input"] = "study"
-    (whole / "info.json").write_text(json.dumps(info))
+    process_bucket(data / "buckets", "ProcA", LISTER)
+    process_bucket(data / "buckets", "ProcB", LISTER)
     node = MagickboxProcess(data, quiet_seconds=0.5, config={"data_dir": str(data), "dicom": {"access": {
-        "ProcA": {"calling_ae_titles": ["SCANNER1"]},
-        "ProcWhole": {"whole_study_callers": ["TRUSTED"]}}}}).start()
+        "ProcA": {"calling_ae_titles": ["SCANNER1"]}}}}).start()
     try:
         victim = make_study(tmp_path / "victim", 10, PatientName="Victim^Ten")
         study = pydicom.dcmread(victim[0]).StudyInstanceUID
@@ -179,28 +180,44 @@ def test_a_blocked_caller_cannot_obtain_another_senders_instances(tmp_path):
         wait_final(node, 1)
         evil = make_study(tmp_path / "evil", 1, study_uid=study, PatientName="Evil^One")
         storescu(node.dicom_port, "ProcB", evil, calling="EVIL")
-        jobs = wait_final(node, 2)
-        evil2 = make_study(tmp_path / "evil2", 1, study_uid=study, PatientName="Evil^One")
-        storescu(node.dicom_port, "ProcWhole", evil2, calling="EVIL")       # asks for the whole study
-        jobs = wait_final(node, 3)
-        trusted = make_study(tmp_path / "trusted", 1, study_uid=study, PatientName="Trusted^Two")
-        storescu(node.dicom_port, "ProcWhole", trusted, calling="TRUSTED")
-        jobs = wait_final(node, 4)
+        victim_job, evil_job = wait_final(node, 2)
     finally:
         node.stop()
-    assert all(j["status"] == "success" for j in jobs), jobs
+    assert victim_job["status"] == evil_job["status"] == "success"
+    assert job_output(node, victim_job, "count").strip() == "10" and victim_job["instance_count"] == 10
+    assert job_output(node, evil_job, "count").strip() == "1" and evil_job["instance_count"] == 1
+    assert "Victim^Ten" not in job_output(node, evil_job, "names")
+    assert len(input_files(node, evil_job)) == 1
 
-    def output(job: dict, name: str) -> str:
-        return (node.data_dir / "jobs" / str(job["id"]) / "result" / "output" / name).read_text()
 
-    victim_job, evil_job, evil_whole, trusted_whole = jobs
-    assert output(victim_job, "count").strip() == "10" and victim_job["instance_count"] == 10
-    assert output(evil_job, "count").strip() == "1" and evil_job["instance_count"] == 1
-    assert "Victim^Ten" not in output(evil_job, "names")
-    assert output(evil_whole, "count").strip() == "1" and "Victim^Ten" not in output(evil_whole, "names")
-    assert "whole study" in evil_whole["message"] or "whole study" in node.log()
-    assert output(trusted_whole, "count").strip() == "13"           # the operator trusts TRUSTED
-    assert len(node.archived()) == 13
+def test_whole_study_only_for_buckets_that_ask_and_callers_the_node_trusts(tmp_path):
+    data = tmp_path / "node"
+    process_bucket(data / "buckets", "ProcA", LISTER)
+    whole = process_bucket(data / "buckets", "ProcWhole", LISTER)
+    info = json.loads((whole / "info.json").read_text())
+    info["run"]["input"] = "study"
+    (whole / "info.json").write_text(json.dumps(info))
+    node = MagickboxProcess(data, quiet_seconds=0.5, config={"data_dir": str(data), "dicom": {"access": {
+        "ProcWhole": {"whole_study_callers": ["TRUSTED"]}}}}).start()
+    try:
+        victim = make_study(tmp_path / "victim", 10, PatientName="Victim^Ten")
+        study = pydicom.dcmread(victim[0]).StudyInstanceUID
+        storescu(node.dicom_port, "ProcA", victim, calling="SCANNER1")
+        wait_final(node, 1)
+        evil = make_study(tmp_path / "evil", 1, study_uid=study, PatientName="Evil^One")
+        storescu(node.dicom_port, "ProcWhole", evil, calling="EVIL")          # asks for the whole study
+        wait_final(node, 2)
+        trusted = make_study(tmp_path / "trusted", 1, study_uid=study, PatientName="Trusted^Two")
+        storescu(node.dicom_port, "ProcWhole", trusted, calling="TRUSTED")
+        _, evil_whole, trusted_whole = wait_final(node, 3)
+    finally:
+        node.stop()
+    assert evil_whole["status"] == trusted_whole["status"] == "success"
+    assert job_output(node, evil_whole, "count").strip() == "1"
+    assert "Victim^Ten" not in job_output(node, evil_whole, "names")
+    assert "EVIL is not in dicom.access.ProcWhole.whole_study_callers" in node.log()
+    assert job_output(node, trusted_whole, "count").strip() == "12"       # the operator trusts TRUSTED
+    assert trusted_whole["input_scope"] == "study" and evil_whole["input_scope"] == "delivered"
 
 
 # -- 7. the node's own AE title and replacing another sender's instance -----------------------------
