@@ -165,6 +165,7 @@ class PeerEventLog:
             if len(self._last) > 4096:                    # forget old peers
                 for k in [k for k, t in self._last.items() if now - t >= self.interval]:
                     del self._last[k]
+                    self._suppressed.pop(k, None)
         text = message % args if args else message
         if suppressed:
             text += f" ({suppressed} more like this in the last {self.interval:g} s)"
@@ -224,8 +225,8 @@ class ConnectionGuard:
                 self._pending.pop(id(conn), None)
                 self._associated += 1
 
-    def over_capacity(self, conn: Connection | None) -> bool:
-        """True if accepting this connection's association exceeds ``max_associations``."""
+    def over_capacity(self) -> bool:
+        """True if accepting the association just negotiated exceeds ``max_associations``."""
         with self._lock:
             return self._associated > self.limits.max_associations
 
@@ -246,6 +247,7 @@ class ConnectionGuard:
         conn.closed.set()
 
     def counts(self) -> dict[str, int]:
+        """Connections now: pending (no A-ASSOCIATE-RQ yet), associated, peer addresses."""
         with self._lock:
             return {"pending": len(self._pending), "associated": self._associated,
                     "addresses": len(self._per_address)}

@@ -219,7 +219,7 @@ class StorageReceiver:
         calling = str(rq.calling_ae_title).strip()
         ip = event.assoc.requestor.address
         ok, reason, why = self.accepts(called, calling, ip)
-        if ok and self.guard.over_capacity(getattr(event.assoc, "_hops_connection", None)):
+        if ok and self.guard.over_capacity():
             ok, reason = False, (0x02, 0x03, 0x02)
             why = f"{self.config.dicom.max_associations} associations already (dicom.max_associations)"
         if not ok:

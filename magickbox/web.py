@@ -1,6 +1,7 @@
 """A read-only HTTP status API of the node (JSON).
 
-``GET /api/health``   node name, ports, counts of pending studies and jobs by status
+``GET /api/health``   node name, ports, counts of pending studies, jobs by status and DICOM
+                      connections (pending, associated, peer addresses)
 ``GET /api/jobs``      job records (no patient names; study UIDs, AE titles, counts)
 ``GET /api/jobs/<id>`` one job, with MagickBox's ``info.json`` fields
 ``GET /api/buckets``   installed buckets (MagickBox ``info.json`` fields)
@@ -42,6 +43,7 @@ class StatusServer:
             counts = {s: node.db.count_jobs(s) for s in JOB_STATUSES}
             return 200, {"node": node.config.node_name, "dicom_port": node.dicom_port, "http_port": node.http_port,
                          "pending_studies": len(node.db.pending()), "jobs": counts,
+                         "dicom_connections": node.receiver.guard.counts(),
                          "buckets_error": node.registry.last_error}
         if path == "/api/jobs":
             return 200, [j.as_dict() for j in node.db.jobs()]

@@ -170,6 +170,8 @@ def test_flood_of_stalled_and_silent_peers_and_a_4gb_pdu_do_not_stop_a_scanner(t
             hostile.append(connect_from(f"127.0.2.{i + 1}", node.dicom_port))
         flood = FloodSender(connect_from("127.0.3.1", node.dicom_port), b"\x01\x00\xff\xff\xff\xf0", 300 << 20)
         flood.start()
+        time.sleep(0.5)
+        during = node.api("/api/health")["dicom_connections"]
         files = make_study(tmp_path / "study", 20)
         started = time.monotonic()
         storescu(node.dicom_port, "ProcQA", files, timeout=120)
@@ -193,6 +195,7 @@ def test_flood_of_stalled_and_silent_peers_and_a_4gb_pdu_do_not_stop_a_scanner(t
     print(f"peak RSS {peak:.0f} MB (baseline {baseline:.0f} MB), flood sent {flood.sent >> 20} MiB, "
           f"study in {elapsed:.1f} s")
     assert peak < RSS_BOUND_MB, f"peak RSS {peak:.0f} MB (baseline {baseline:.0f} MB)"
+    assert during["pending"] == 32 and during["associated"] == 0, during     # the pool kept its bound
     log = node.log()
     assert "PDU of 4294967280 bytes" in log and "A-ABORT" in log
 
