@@ -82,7 +82,10 @@ class RunSpec:
                 "network": false,                # containers have no network unless true
                 "environment": {"KEY": "value"},
                 "concurrency": 1,                # jobs of this bucket at once per worker
-                "retries": 2}                    # re-runs after infrastructure failures
+                "retries": 2,                    # re-runs after infrastructure failures
+                "input": "delivered"}            # or "study": the whole archived study, granted
+                                                 # only to callers the node trusts with it
+                                                 # (dicom.access.<AE>.whole_study_callers)
 
     Without a ``"run"`` object a bucket with a ``work.sh`` in its directory uses the
     process runner, otherwise the container runner with image ``localhost/<directory>``.
@@ -99,6 +102,7 @@ class RunSpec:
     environment: Mapping[str, str]
     concurrency: int
     retries: int
+    input: str = "delivered"
 
 
 def _parse_run(directory: Path, path: Path, run: Any) -> RunSpec:
@@ -107,7 +111,7 @@ def _parse_run(directory: Path, path: Path, run: Any) -> RunSpec:
     if not isinstance(run, dict):
         raise BucketError(path, "run", "expected an object")
     known = {"runner", "image", "command", "entrypoint", "timeout", "memory", "cpus", "network", "environment",
-             "concurrency", "retries"}
+             "concurrency", "retries", "input"}
     unknown = set(run) - known
     if unknown:
         raise BucketError(path, f"run.{sorted(unknown)[0]}", f"unknown setting; known: {', '.join(sorted(known))}")
@@ -152,9 +156,12 @@ def _parse_run(directory: Path, path: Path, run: Any) -> RunSpec:
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float))
                                             for k, v in env.items()):
         raise BucketError(path, "run.environment", "expected an object of NAME: value")
+    scope = run.get("input", "delivered")
+    if scope not in ("delivered", "study"):
+        raise BucketError(path, "run.input", f"expected 'delivered' or 'study', found {scope!r}")
     return RunSpec(runner, image, tuple(command) if command else None, entrypoint, float(numbers["timeout"]),
                    memory, numbers["cpus"], network, {k: str(v) for k, v in env.items()},
-                   int(numbers["concurrency"]), int(numbers["retries"]))
+                   int(numbers["concurrency"]), int(numbers["retries"]), scope)
 
 
 @dataclass(frozen=True)

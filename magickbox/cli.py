@@ -297,8 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    logging.basicConfig(level=max(logging.DEBUG, logging.INFO - 10 * args.verbose),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logsafe import configure
+    from .store import private_umask
+    configure(max(logging.DEBUG, logging.INFO - 10 * args.verbose))   # one sanitised line per event
+    private_umask()                       # patient data: no access for other users (store.FILE_MODE)
     try:
         return {"serve": cmd_serve, "worker": cmd_worker, "buckets": cmd_buckets, "backfill": cmd_backfill,
                 "jobs": cmd_jobs, "route": cmd_route}[args.command](args)

@@ -14,13 +14,25 @@ Validated at start-up; every error names the key (``dicom.port: expected an inte
     ae_title = "MAGICKBOX"             # the node's own AE title (also accepted as called AE)
     extra_ae_titles = []               # more called AE titles to accept (no bucket)
     quiet_seconds = 5.0                # study complete: associations ended + this long quiet
-    max_pdu = 131072
+    max_pdu = 131072                   # bytes, 4096-16777216; longer P-DATA-TF PDUs are aborted
     uid_grammar = "strict"             # or "lenient": allow leading zeros in UID components
     fsync = true                       # durable writes (turn off only for throw-away tests)
     spool_threshold_mb = 16            # larger data sets are spilled to disk while received
-    [dicom.access.<AETitle>]           # optional allow-list for one bucket
+    spool_memory_mb = 256              # all data sets being received together: beyond, to disk
+    replace = "same-sender"            # different data under an archived SOP Instance UID:
+                                       # "same-sender" (replaces only if the archived copy came
+                                       # from the same calling AE), "never", "any"
+    association_timeout = 10           # s for TLS handshake + complete A-ASSOCIATE-RQ
+    idle_timeout = 120                 # s without traffic on an association, then A-ABORT
+    max_associations = 64              # associations at once (then A-ASSOCIATE-RJ local limit)
+    max_pending_connections = 32       # connections still without an A-ASSOCIATE-RQ
+    max_connections_per_address = 16   # connections from one peer address
+    [dicom.access.<AETitle>]           # optional allow-list for one bucket; for the node's own
+                                       # and extra AE titles: who may store (C-ECHO: anyone)
     calling_ae_titles = ["SCANNER1"]
     caller_ips = ["10.0.0.0/8"]
+    whole_study_callers = []           # callers whose jobs may get the whole archived study
+                                       # (for a bucket whose info.json asks: "run": {"input": "study"})
     [dicom.tls]                        # optional DICOM TLS
     cert = "node.pem"
     key = "node.key"
@@ -65,8 +77,12 @@ _AE_RE = re.compile(r"[\x20-\x7e]{1,16}")
 
 @dataclass(frozen=True)
 class AccessRule:
+    """``[dicom.access.<AE>]``: who may call an AE title (empty lists: anyone), and who may
+    get the whole archived study in a job of that bucket."""
+
     calling_ae_titles: tuple[str, ...] = ()
     caller_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    whole_study_callers: tuple[str, ...] = ()
 
     def allows(self, calling_ae: str, ip: str) -> bool:
         if self.calling_ae_titles and calling_ae.strip() not in self.calling_ae_titles:
@@ -100,8 +116,20 @@ class DicomConfig:
     uid_grammar: str = "strict"
     fsync: bool = True
     spool_threshold_mb: float = 16.0
+    spool_memory_mb: float = 256.0
+    replace: str = "same-sender"
+    association_timeout: float = 10.0
+    idle_timeout: float = 120.0
+    max_associations: int = 64
+    max_pending_connections: int = 32
+    max_connections_per_address: int = 16
     access: Mapping[str, AccessRule] = field(default_factory=dict)
     tls: TLSConfig | None = None
+
+    @property
+    def own_ae_titles(self) -> tuple[str, ...]:
+        """AE titles that archive without a bucket: the node's own and the extra ones."""
+        return (self.ae_title, *self.extra_ae_titles)
 
 
 @dataclass(frozen=True)
@@ -233,11 +261,13 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
     node_name = sanitize_node(_str("node_name", top["node_name"])) if "node_name" in top else None
     d = _table("dicom", top.get("dicom", {}), {"host", "port", "ae_title", "extra_ae_titles", "quiet_seconds",
                                                 "max_pdu", "uid_grammar", "fsync", "spool_threshold_mb", "access",
-                                                "tls"})
+                                                "tls", "spool_memory_mb", "replace", "association_timeout",
+                                                "idle_timeout", "max_associations", "max_pending_connections",
+                                                "max_connections_per_address"})
     access = {}
     for ae, rule in _table("dicom.access", d.get("access", {}), set(d.get("access", {}) or {})).items():
         key = f"dicom.access.{ae}"
-        rule = _table(key, rule, {"calling_ae_titles", "caller_ips"})
+        rule = _table(key, rule, {"calling_ae_titles", "caller_ips", "whole_study_callers"})
         nets = []
         for i, net in enumerate(_list(f"{key}.caller_ips", rule.get("caller_ips", []))):
             try:
@@ -246,7 +276,9 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
                 raise ConfigError(f"{key}.caller_ips", f"not an IP address or network: {net!r}") from None
         titles = tuple(_ae(f"{key}.calling_ae_titles", t) for t in _list(f"{key}.calling_ae_titles",
                                                                           rule.get("calling_ae_titles", [])))
-        access[_ae("dicom.access", ae)] = AccessRule(titles, tuple(nets))
+        whole = tuple(_ae(f"{key}.whole_study_callers", t) for t in _list(f"{key}.whole_study_callers",
+                                                                           rule.get("whole_study_callers", [])))
+        access[_ae("dicom.access", ae)] = AccessRule(titles, tuple(nets), whole)
     tls = None
     if "tls" in d:
         t = _table("dicom.tls", d["tls"], {"cert", "key", "ca", "require_client_cert"})
@@ -261,6 +293,9 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
                 raise ConfigError(f"dicom.tls.{k}", f"file not found: {p}")
         if tls.require_client_cert and tls.ca is None:
             raise ConfigError("dicom.tls.ca", "needed when require_client_cert = true")
+    replace_policy = _str("dicom.replace", d.get("replace", "same-sender"))
+    if replace_policy not in ("same-sender", "never", "any"):
+        raise ConfigError("dicom.replace", f"expected 'same-sender', 'never' or 'any', found {replace_policy!r}")
     grammar = _str("dicom.uid_grammar", d.get("uid_grammar", "strict"))
     if grammar not in ("strict", "lenient"):
         raise ConfigError("dicom.uid_grammar", f"expected 'strict' or 'lenient', found {grammar!r}")
@@ -271,10 +306,19 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
         extra_ae_titles=tuple(_ae("dicom.extra_ae_titles", a) for a in _list("dicom.extra_ae_titles",
                                                                               d.get("extra_ae_titles", []))),
         quiet_seconds=_float("dicom.quiet_seconds", d.get("quiet_seconds", 5.0), 0.0),
-        max_pdu=_int("dicom.max_pdu", d.get("max_pdu", 131072), 0, 2**32 - 1),
+        max_pdu=_int("dicom.max_pdu", d.get("max_pdu", 131072), 4096, 16 * 1024 * 1024),
         uid_grammar=grammar,
         fsync=_bool("dicom.fsync", d.get("fsync", True)),
         spool_threshold_mb=_float("dicom.spool_threshold_mb", d.get("spool_threshold_mb", 16.0), 0.0),
+        spool_memory_mb=_float("dicom.spool_memory_mb", d.get("spool_memory_mb", 256.0), 0.0),
+        replace=replace_policy,
+        association_timeout=_float("dicom.association_timeout", d.get("association_timeout", 10.0), 0.5),
+        idle_timeout=_float("dicom.idle_timeout", d.get("idle_timeout", 120.0), 1.0),
+        max_associations=_int("dicom.max_associations", d.get("max_associations", 64), 1, 1000),
+        max_pending_connections=_int("dicom.max_pending_connections", d.get("max_pending_connections", 32), 1,
+                                     10000),
+        max_connections_per_address=_int("dicom.max_connections_per_address",
+                                         d.get("max_connections_per_address", 16), 1, 10000),
         access=access,
         tls=tls,
     )

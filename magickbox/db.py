@@ -3,6 +3,11 @@
 ``<data>/magickbox.sqlite`` (WAL, ``synchronous=FULL``).  The job table is the truth
 about every processing run: status moves ``queued → running → success | failed |
 partial | timeout | cancelled`` with times, worker, exit code and log size.
+
+A job's input is either what its association set (called AE, calling AE, study)
+delivered — ``input_scope = 'delivered'``, the instances listed in ``job_instances`` —
+or the whole archived study (``'study'``: backfill, a bucket that asks for it and a
+caller allowed to see it, and jobs created before HOPS recorded deliveries).
 """
 from __future__ import annotations
 
@@ -29,7 +34,8 @@ CREATE TABLE IF NOT EXISTS pending_studies (
     first_received REAL NOT NULL,
     last_received REAL NOT NULL,
     open_associations INTEGER NOT NULL DEFAULT 0,
-    instances INTEGER NOT NULL DEFAULT 0
+    instances INTEGER NOT NULL DEFAULT 0,
+    manifest TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,9 +61,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     bucket_version TEXT,
     run_token TEXT,
-    committed REAL
+    committed REAL,
+    input_scope TEXT NOT NULL DEFAULT 'study'
 );
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_uid, bucket_ae);
+CREATE TABLE IF NOT EXISTS job_instances (
+    job_id INTEGER NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    PRIMARY KEY (job_id, series_uid, sop_uid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_submissions (
     job_id INTEGER PRIMARY KEY,
     submitted REAL NOT NULL,
@@ -78,6 +91,7 @@ class PendingStudy:
     last_received: float
     open_associations: int
     instances: int
+    manifest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,7 @@ class Job:
     bucket_version: str | None
     run_token: str | None = field(default=None, repr=False)
     committed: float | None = None
+    input_scope: str = "study"
 
     def info_json(self) -> dict[str, Any]:
         """What MagickBox's ``info.json`` carried for a job, plus the HOPS counts."""
@@ -122,6 +137,7 @@ class Job:
             "ClassifyTypes": self.classification,
             "followUpOf": self.follow_up_of,
             "source": self.source,
+            "input": self.input_scope,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,6 +147,22 @@ class Job:
 
 def study_key(called_ae: str, calling_ae: str, study_uid: str) -> str:
     return f"{called_ae}\x1f{calling_ae}\x1f{study_uid}"
+
+
+@dataclass(frozen=True)
+class StatementResult:
+    """What one statement of a transaction changed (read before COMMIT, which resets a
+    cursor's ``rowcount``)."""
+
+    rowcount: int
+    lastrowid: int | None
+
+
+#: columns added after the first release: (table, column, declaration)
+_MIGRATIONS = (
+    ("pending_studies", "manifest", "TEXT"),
+    ("jobs", "input_scope", "TEXT NOT NULL DEFAULT 'study'"),
+)
 
 
 class Database:
@@ -144,17 +176,25 @@ class Database:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        for table, column, declaration in _MIGRATIONS:
+            columns = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
-    def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> list[sqlite3.Cursor]:
+    def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> list[StatementResult]:
+        """Run the statements in one transaction; what each changed, in order."""
         with self._lock:
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                results = [cur.execute(sql, args) for sql, args in statements]
+                results = []
+                for sql, args in statements:
+                    cur.execute(sql, args)
+                    results.append(StatementResult(cur.rowcount, cur.lastrowid))
                 cur.execute("COMMIT")
                 return results
             except BaseException:
@@ -167,15 +207,19 @@ class Database:
 
     # -- pending studies -------------------------------------------------------------
     def upsert_pending(self, key: str, called: str, calling: str, ip: str, study: str, now: float,
-                       new_association: bool) -> None:
+                       new_association: bool, manifest: str | None = None) -> str | None:
         """Durably record that a study is being received (before the first instance of
-        it in an association is acknowledged)."""
+        it in an association is acknowledged).  ``manifest`` names the delivery list of a
+        new pending study; returns the pending study's manifest (an existing one wins)."""
         self._tx([(
             "INSERT INTO pending_studies (key, called_ae, calling_ae, caller_ip, study_uid, first_received,"
-            " last_received, open_associations, instances) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)"
+            " last_received, open_associations, instances, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)"
             " ON CONFLICT(key) DO UPDATE SET last_received = excluded.last_received,"
             " open_associations = open_associations + ?",
-            (key, called, calling, ip, study, now, now, 1 if new_association else 0, 1 if new_association else 0))])
+            (key, called, calling, ip, study, now, now, 1 if new_association else 0, manifest,
+             1 if new_association else 0))])
+        row = self.execute("SELECT manifest FROM pending_studies WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
     def touch_pending(self, updates: dict[str, tuple[float, int]]) -> None:
         """Batch update of last_received and the instance count."""
@@ -195,28 +239,45 @@ class Database:
         rows = self.execute("SELECT * FROM pending_studies ORDER BY first_received").fetchall()
         return [PendingStudy(**dict(r)) for r in rows]
 
+    def previous_job(self, bucket_ae: str, calling_ae: str, study_uid: str) -> Job | None:
+        """The latest job of this bucket, caller and study."""
+        row = self.execute("SELECT * FROM jobs WHERE bucket_ae = ? AND calling_ae = ? AND study_uid = ?"
+                           " ORDER BY id DESC LIMIT 1", (bucket_ae, calling_ae, study_uid)).fetchone()
+        return self._job(row) if row else None
+
     def complete_study(self, pending: PendingStudy, now: float, series_count: int, instance_count: int,
-                       classification: dict[str, list[str]]) -> Job | None:
+                       classification: dict[str, list[str]],
+                       instances: Iterable[tuple[str, str]] | None = None) -> Job | None:
         """Turn a pending study into a job (or drop it when nothing was archived), in one
-        transaction.  A study already processed for the same caller and bucket becomes a
-        follow-up job over the whole study."""
+        transaction.  ``instances`` ((series UID, SOP Instance UID) pairs): the job's input
+        is exactly these (``input_scope = 'delivered'``); None: the whole study.  A study
+        already processed for the same caller and bucket becomes a follow-up job
+        (``follow_up_of``)."""
         with self._lock:
-            previous = self.execute(
-                "SELECT max(id) FROM jobs WHERE bucket_ae = ? AND calling_ae = ? AND study_uid = ?",
-                (pending.called_ae, pending.calling_ae, pending.study_uid)).fetchone()[0]
+            previous = self.previous_job(pending.called_ae, pending.calling_ae, pending.study_uid)
             if instance_count == 0:
                 self._tx([("DELETE FROM pending_studies WHERE key = ?", (pending.key,))])
                 return None
-            cur = self._tx([
+            scope = "study" if instances is None else "delivered"
+            with_id = "(SELECT max(id) FROM jobs)"      # the job inserted first in this transaction
+            statements = [
                 ("INSERT INTO jobs (bucket_ae, calling_ae, caller_ip, study_uid, source, received, completed,"
-                 " series_count, instance_count, classification, follow_up_of, status, created)"
-                 " VALUES (?, ?, ?, ?, 'dicom', ?, ?, ?, ?, ?, ?, 'queued', ?)",
+                 " series_count, instance_count, classification, follow_up_of, status, created, input_scope)"
+                 " VALUES (?, ?, ?, ?, 'dicom', ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                  (pending.called_ae, pending.calling_ae, pending.caller_ip, pending.study_uid,
                   pending.first_received, now, series_count, instance_count, json.dumps(classification),
-                  previous, now)),
+                  previous.id if previous else None, now, scope)),
                 ("DELETE FROM pending_studies WHERE key = ?", (pending.key,)),
-            ])[0]
-            return self.job(cur.lastrowid)
+            ]
+            statements += [(f"INSERT OR IGNORE INTO job_instances (job_id, series_uid, sop_uid)"
+                            f" VALUES ({with_id}, ?, ?)", (series, sop)) for series, sop in (instances or ())]
+            return self.job(self._tx(statements)[0].lastrowid)  # type: ignore[arg-type]
+
+    def job_instances(self, job_id: int) -> list[tuple[str, str]]:
+        """(series UID, SOP Instance UID) of a 'delivered' job's input."""
+        return [(r[0], r[1]) for r in self.execute(
+            "SELECT series_uid, sop_uid FROM job_instances WHERE job_id = ? ORDER BY series_uid, sop_uid",
+            (job_id,)).fetchall()]
 
     def drop_pending(self, key: str) -> None:
         self._tx([("DELETE FROM pending_studies WHERE key = ?", (key,))])
@@ -263,6 +324,10 @@ class Database:
              " DO UPDATE SET submitted = excluded.submitted, count = count + 1", (job_id, now)),
             ("UPDATE jobs SET bucket_version = coalesce(bucket_version, ?) WHERE id = ?", (bucket_version, job_id)),
         ])
+
+    def last_submission(self, job_id: int) -> float | None:
+        row = self.execute("SELECT submitted FROM job_submissions WHERE job_id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
 
     def forget_submissions(self) -> None:
         """At start-up: whatever was submitted to an embedded queue is gone."""

@@ -1,9 +1,13 @@
 """Queue jobs on gearman and keep the job store true (the node side of the queue).
 
 * A job record (from study completion or backfill) is prepared — ``jobs/<id>/info.json``
-  and a hard-link snapshot of the study in ``input/`` — and submitted as a **background**
-  gearman job to the function ``bucket<AETitle>``, with the unique key ``hops-job-<id>``
-  (gearmand merges a re-submission with a job it still holds).
+  and a hard-link snapshot of its input in ``input/`` (the instances its association set
+  delivered, or the whole study for ``input_scope = 'study'``) — and submitted as a
+  **background** gearman job to the function ``bucket<AETitle>``, with the unique key
+  ``hops-job-<id>`` (gearmand merges a re-submission with a job it still holds).
+  Submissions are serialised: study completion and the reconciler never prepare or
+  submit the same job at the same time, and a job submitted since the reconciler looked
+  is not submitted again.
 * The reconciler (every ``interval`` seconds, and at start-up) looks at each queued or
   running job's directory: a committed ``result`` becomes the final status in the
   database exactly once; a live ``active`` claim marks the job running; a job whose
@@ -70,13 +74,25 @@ class Dispatcher:
         for host, port in servers:
             self.client.addServer(host, port)
         self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()
         self._loop = Periodic("dispatcher", interval, self.reconcile, log, "reconciliation failed")
         self._warned: set[str] = set()
         self.last_start_latency = 0.0
 
     # -- submission -----------------------------------------------------------------------
-    def submit(self, job: Job) -> bool:
-        """Prepare and submit one job; False if it could not be submitted now."""
+    def submit(self, job: Job, seen_submitted: float | None = None) -> bool:
+        """Prepare and submit one job; False if it could not be submitted now.
+        ``seen_submitted``: the last submission time the caller saw (None: never); if the
+        job was submitted since, it is not submitted again."""
+        with self._submit_lock:
+            if self.db.last_submission(job.id) != seen_submitted:
+                return True                          # someone else submitted it meanwhile
+            current = self.db.job(job.id)
+            if current is None or current.status not in ("queued", "running"):
+                return False
+            return self._submit(current)
+
+    def _submit(self, job: Job) -> bool:
         bucket = self.registry.by_ae_title(job.bucket_ae)
         if bucket is None:
             self.registry.refresh(force=True)         # installed a moment ago?
@@ -92,7 +108,8 @@ class Dispatcher:
         jobdir = JobDir.of(self.data_dir, job.id)
         info = job.info_json()
         info.update({"bucket": {"name": bucket.name, "version": bucket.version, "AETitle": bucket.ae_title}})
-        jobdir.prepare(info, self.archive.root / job.study_uid)
+        instances = self.db.job_instances(job.id) if job.input_scope == "delivered" else None
+        jobdir.prepare(info, self.archive.root / job.study_uid, instances)
         payload = json.dumps({"job": job.id, "bucket": job.bucket_ae}).encode()
         gjob = gear.Job(bucket.function.encode(), payload, unique=f"hops-job-{job.id}".encode())
         try:
@@ -170,7 +187,7 @@ class Dispatcher:
             if submitted is None or latest_attempt >= submitted or now - submitted > self.resubmit_after:
                 if tries and submitted is not None and latest_attempt >= submitted:
                     log.warning("job %d: attempt %d ended without a result; submitting again", job.id, tries)
-                self.submit(job)
+                self.submit(job, seen_submitted=submitted)
 
     def start(self) -> None:
         self._loop.start()

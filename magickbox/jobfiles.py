@@ -4,7 +4,11 @@
 
     info.json            MagickBox's info.json of the job (+ HOPS fields), written by the node
     input/<Series>/<SOP>.dcm
-                         a frozen snapshot of the study: hard links into the archive
+                         a frozen snapshot of the job's input (what its association set
+                         delivered, or the whole study): hard links into the archive.  They
+                         share the archive's inodes, so nothing may write through them:
+                         containers get them read-only, the process runner a private copy
+                         (:mod:`.runners`)
     active               the attempt running now (JSON: attempt, worker, host, pid, started);
                          its mtime is the worker's heartbeat
     cancel               present: cancellation requested
@@ -28,7 +32,9 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+from .store import DIR_MODE, FILE_MODE, make_private_dir
 
 __all__ = ["JobDir", "Outcome", "Claim", "decide_status", "read_proc_json", "HEARTBEAT_SECONDS", "STALE_SECONDS"]
 
@@ -38,7 +44,7 @@ STALE_SECONDS = 15.0
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "w") as fh:
         json.dump(data, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
@@ -152,21 +158,34 @@ class JobDir:
         return json.loads(self.info_path.read_text())
 
     # -- node side ---------------------------------------------------------------------
-    def prepare(self, info: dict[str, Any], study_dir: Path) -> None:
-        """Write info.json and link the study's archived files into input/ (idempotent;
-        files archived later are added, nothing is removed)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.attempts.mkdir(exist_ok=True)
-        self.input.mkdir(exist_ok=True)
-        if study_dir.is_dir():
-            for series in study_dir.iterdir():
-                if not series.is_dir() or series.name.startswith("."):
-                    continue
-                target = self.input / series.name
-                target.mkdir(exist_ok=True)
-                for f in series.iterdir():
-                    if f.suffix == ".dcm" and f.is_file() and not (target / f.name).exists():
-                        os.link(f, target / f.name)
+    def prepare(self, info: dict[str, Any], study_dir: Path,
+                instances: Iterable[tuple[str, str]] | None = None) -> None:
+        """Write info.json and link the job's input into input/: the archived files of
+        ``instances`` ((series UID, SOP Instance UID) pairs), or of the whole study when
+        None.  Idempotent and safe to run concurrently (files archived later are added,
+        nothing is removed)."""
+        make_private_dir(self.path)
+        self.attempts.mkdir(mode=DIR_MODE, exist_ok=True)
+        self.input.mkdir(mode=DIR_MODE, exist_ok=True)
+        if instances is None:
+            files = [(series.name, f) for series in (study_dir.iterdir() if study_dir.is_dir() else ())
+                     if series.is_dir() and not series.name.startswith(".")
+                     for f in series.iterdir() if f.suffix == ".dcm" and f.is_file()]
+        else:
+            files = [(series, study_dir / series / f"{sop}.dcm") for series, sop in instances]
+        made: set[str] = set()
+        for series, source in files:
+            target = self.input / series
+            if series not in made:
+                target.mkdir(mode=DIR_MODE, exist_ok=True)
+                made.add(series)
+            try:
+                os.link(source, target / source.name)
+            except FileExistsError:
+                pass                          # linked before, or by a concurrent prepare
+            except FileNotFoundError:
+                if instances is None:
+                    raise
         _write_json(self.info_path, info)
 
     def request_cancel(self) -> None:
@@ -221,7 +240,7 @@ class JobDir:
                              "pid": os.getpid(), "started": time.time()})
         for _ in range(2):
             try:
-                fd = os.open(self.active, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(self.active, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             except FileExistsError:
                 if self.active_claim() is not None:
                     return None
@@ -236,7 +255,7 @@ class JobDir:
             if self.result.exists():                  # committed while we were claiming
                 self.active.unlink()
                 return None
-            (self.attempts / attempt / "output").mkdir(parents=True)
+            (self.attempts / attempt / "output").mkdir(mode=DIR_MODE, parents=True)
             return Claim(self, attempt, worker)
         return None
 

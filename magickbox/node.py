@@ -22,7 +22,7 @@ from .dicomio import HeaderReader
 from .dispatch import Dispatcher, EmbeddedJobServer
 from .receiver import StorageReceiver
 from .series import SeriesRecords
-from .store import DicomArchive
+from .store import DicomArchive, make_private_dir
 from .studies import StudyTracker
 from .telemetry import NodeTelemetry
 from .worker import Worker
@@ -38,12 +38,14 @@ class Node:
 
     def __init__(self, config: NodeConfig, on_job: Callable[[Job], None] | None = None):
         self.config = config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(config.data_dir)
+        make_private_dir(config.data_dir / "jobs")
         self.registry = BucketRegistry(config.buckets_path)
         self.registry.load()
         rules_path = config.classify_rules_path
         self.rules = ClassifyRules.load(rules_path) if rules_path else ClassifyRules.empty()
-        self.archive = DicomArchive(config.data_dir, fsync=config.dicom.fsync)
+        self.archive = DicomArchive(config.data_dir, fsync=config.dicom.fsync, replace=config.dicom.replace,
+                                    spool_memory=int(config.dicom.spool_memory_mb * 1024 * 1024))
         self.db = Database(config.data_dir / "magickbox.sqlite")
         self.series = SeriesRecords(config.data_dir, self.rules)
         self.telemetry = NodeTelemetry(config.node_name, config.graphite, config.graphite_interval, gauges={
@@ -52,7 +54,8 @@ class Node:
         })
         self._on_job_hooks: list[Callable[[Job], None]] = [on_job] if on_job else []
         self.tracker = StudyTracker(self.db, self.archive, self.series, config.dicom.quiet_seconds,
-                                    on_job=self._job_created, makes_jobs=self._makes_jobs)
+                                    on_job=self._job_created, makes_jobs=self._makes_jobs,
+                                    input_scope=self._input_scope)
         self.job_server: EmbeddedJobServer | None = None
         if config.gearman_servers:
             servers = list(config.gearman_servers)
@@ -76,9 +79,23 @@ class Node:
     def _makes_jobs(self, called_ae: str) -> bool:
         return self.registry.by_ae_title(called_ae) is not None
 
+    def _input_scope(self, called_ae: str, calling_ae: str) -> str:
+        """``"study"`` if the bucket asks for the whole study (``"run": {"input":
+        "study"}``) and the caller is one ``dicom.access.<AE>.whole_study_callers`` trusts
+        with it; otherwise ``"delivered"``: what this caller sent."""
+        bucket = self.registry.by_ae_title(called_ae)
+        if bucket is None or bucket.run.input != "study":
+            return "delivered"
+        rule = self.config.dicom.access.get(called_ae)
+        if rule is not None and calling_ae in rule.whole_study_callers:
+            return "study"
+        log.warning("bucket %s asks for the whole study, but %s is not in dicom.access.%s.whole_study_callers: "
+                    "its job gets only what %s sent", called_ae, calling_ae, called_ae, calling_ae)
+        return "delivered"
+
     def _job_created(self, job: Job) -> None:
         self.telemetry.count(nm.STUDIES_COMPLETED)
-        self.dispatcher.submit(job)
+        self.dispatcher.submit(job, seen_submitted=None)
         for hook in self._on_job_hooks:
             hook(job)
 

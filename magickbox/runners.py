@@ -18,17 +18,28 @@ the runner.
   ``MEMORY`` also in its environment, an address-space limit for ``memory``, in its own
   process group, killed with the worker if the worker dies.  For laptops, CI without a
   container engine and trusted in-house buckets: it does not isolate the network.
+  A process runs as the node's user, so no permission can stop it from writing through
+  hard links into the archive: its ``INPUT`` is a **private snapshot**
+  (:func:`snapshot_input`) — reflinks where the filesystem has them (btrfs, XFS: no extra
+  space), otherwise copies — made read-only, in the job directory (``jobs/<id>/.input-*``,
+  so ``$INPUT/../info.json`` still works) and removed after the run.  A bucket that
+  rewrites its input in place changes only its snapshot.
 """
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import logging
 import os
 import resource
+import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -36,7 +47,7 @@ from typing import Callable, Mapping
 from .buckets import BucketInfo
 
 __all__ = ["RunRequest", "RunResult", "RunnerError", "ContainerRunner", "ProcessRunner", "runner_for",
-           "default_engine_url"]
+           "default_engine_url", "snapshot_input", "remove_snapshot"]
 
 log = logging.getLogger("magickbox.runners")
 
@@ -56,6 +67,8 @@ class RunRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     cancel_requested: Callable[[], bool] = lambda: False
     on_started: Callable[[], None] = lambda: None
+    #: where the process runner puts its private input copy (default: next to the output)
+    scratch_dir: Path | None = None
 
 
 @dataclass
@@ -187,6 +200,72 @@ class ContainerRunner:
 
 
 _PR_SET_PDEATHSIG = 1
+_FICLONE = 0x40049409          # ioctl: share the source's blocks (reflink)
+
+
+def _clone_file(source: Path, target: Path) -> None:
+    """``target`` as a copy of ``source`` that shares nothing writable with it: a
+    reflink where the filesystem supports one, else a kernel copy."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS,
+                                 errno.EPERM):
+                raise
+        size = os.fstat(src.fileno()).st_size
+        offset = 0
+        try:
+            while offset < size:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), size - offset, offset_src=offset)
+                if n == 0:
+                    break
+                offset += n
+        except OSError:
+            dst.seek(0)
+            dst.truncate()
+            src.seek(0)
+            shutil.copyfileobj(src, dst, 1 << 20)
+            offset = size
+        if offset != size:
+            raise OSError(errno.EIO, f"short copy of {source}")
+
+
+def snapshot_input(source: Path, parent: Path) -> Path:
+    """A private, read-only copy of the input tree ``source`` in a new directory under
+    ``parent`` (same filesystem as the job, so reflinks work).  Raises RunnerError."""
+    target = parent / f".input-{uuid.uuid4().hex[:8]}"
+    try:
+        target.mkdir(mode=0o750)
+        if source.is_dir():
+            for directory, dirs, files in os.walk(source):
+                rel = Path(directory).relative_to(source)
+                here = target / rel
+                for d in dirs:
+                    (here / d).mkdir(mode=0o750)
+                for f in files:
+                    _clone_file(Path(directory) / f, here / f)
+                    os.chmod(here / f, 0o440)
+        for directory, dirs, _ in os.walk(target, topdown=False):
+            os.chmod(directory, 0o550)
+    except OSError as exc:
+        remove_snapshot(target)
+        raise RunnerError(f"cannot make the private input copy for the process runner: {exc}") from None
+    return target
+
+
+def remove_snapshot(path: Path) -> None:
+    """Delete a snapshot made by :func:`snapshot_input` (even where a bucket made it
+    read-only or added files)."""
+    if not path.exists():
+        return
+    for directory, _, _ in os.walk(path):
+        try:
+            os.chmod(directory, stat.S_IRWXU)
+        except OSError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _child_setup(memory: int | None) -> Callable[[], None]:
@@ -209,11 +288,19 @@ class ProcessRunner:
         entry = (req.bucket.directory / (spec.entrypoint or "work.sh")).resolve()
         if not entry.is_file() or not os.access(entry, os.X_OK):
             raise RunnerError(f"entry point {entry} of bucket {req.bucket.ae_title} is missing or not executable")
-        env = dict(os.environ, INPUT=str(req.input_dir), OUTPUT=str(req.output_dir), MEMORY=str(req.memory_dir),
+        private_input = snapshot_input(req.input_dir, req.scratch_dir or req.output_dir.parent)
+        try:
+            return self._run(req, entry, private_input)
+        finally:
+            remove_snapshot(private_input)
+
+    def _run(self, req: RunRequest, entry: Path, input_dir: Path) -> RunResult:
+        spec = req.bucket.run
+        env = dict(os.environ, INPUT=str(input_dir), OUTPUT=str(req.output_dir), MEMORY=str(req.memory_dir),
                    **spec.environment)
         with open(req.log_path, "ab") as log_file:
             try:
-                proc = subprocess.Popen([str(entry), str(req.input_dir), str(req.output_dir), str(req.memory_dir)],
+                proc = subprocess.Popen([str(entry), str(input_dir), str(req.output_dir), str(req.memory_dir)],
                                         cwd=req.bucket.directory, env=env, stdin=subprocess.DEVNULL,
                                         stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
                                         preexec_fn=_child_setup(spec.memory))

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 from pydicom.multival import MultiValue
 
 from .classify import ClassifyRules, instance_lookup
+from .store import DIR_MODE, FILE_MODE, make_private_dir
 
 __all__ = ["SeriesRecords", "SERIES_TAGS", "record_value"]
 
@@ -72,7 +73,7 @@ def record_value(value: Any) -> Any:
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "w") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
     os.replace(tmp, path)
 
@@ -82,7 +83,8 @@ class SeriesRecords:
 
     def __init__(self, data_dir: Path, rules: ClassifyRules, write_interval: float = 0.5):
         self.root = Path(data_dir) / "views" / "raw"
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root.parent)
+        make_private_dir(self.root)
         self.rules = rules
         self.write_interval = write_interval
         self._records: dict[tuple[str, str], dict[str, Any]] = {}
@@ -135,7 +137,7 @@ class SeriesRecords:
             return list(record["ClassifyType"])
 
     def _write(self, key: tuple[str, str], record: dict[str, Any], now: float) -> None:
-        (self.root / key[0]).mkdir(exist_ok=True)
+        (self.root / key[0]).mkdir(mode=DIR_MODE, exist_ok=True)
         _write_json_atomic(self.path(*key), record)
         self._written[key] = now
         with self._guard:

@@ -13,9 +13,20 @@ version, SOP class/instance, transfer syntax, HOPS implementation UID/version an
 sender's AE title; the data set follows byte for byte as received.
 
 **Duplicates** (an instance whose SOP Instance UID is already archived in that series):
-identical bytes are acknowledged and counted as a duplicate (nothing written); different
-bytes replace the archived file and the previous version is kept in
-``<series>/.superseded/<SOPInstanceUID>.<ns>.dcm`` — nothing is ever deleted.
+an identical data set (compared after the File Meta Information, which names the sender,
+in the same transfer syntax) is acknowledged and counted as a duplicate, whoever sends it
+(nothing written).  A different data set replaces the archived file only as the
+``replace`` policy allows — by default (``"same-sender"``) only when it comes from the
+calling AE title that sent the archived copy (a scanner correcting its own instance);
+from anyone else it is refused (:attr:`StoreOutcome.REFUSED`, nothing written), because
+an AE title that could call the node would otherwise overwrite another scanner's data.
+``"never"`` refuses every change, ``"any"`` accepts every change.  A replaced version is
+kept in ``<series>/.superseded/<SOPInstanceUID>.<ns>.dcm`` — nothing is ever deleted.
+
+**Permissions.**  Everything under the data root that holds patient data is private to
+the node's user and group: files ``0640`` (:data:`FILE_MODE`), directories ``0750``
+(:data:`DIR_MODE`).  The ``magickbox`` commands also set the umask ``027``
+(:func:`private_umask`), which covers what other code creates (SQLite, bucket output).
 """
 from __future__ import annotations
 
@@ -33,43 +44,102 @@ from typing import BinaryIO
 
 from . import __version__
 
-__all__ = ["DicomArchive", "SpoolBuffer", "StoreOutcome", "StoredInstance", "file_meta", "IMPLEMENTATION_UID"]
+__all__ = ["DicomArchive", "SpoolBuffer", "SpoolBudget", "StoreOutcome", "StoredInstance", "file_meta",
+           "IMPLEMENTATION_UID", "FILE_MODE", "DIR_MODE", "private_umask", "make_private_dir", "read_stored_meta",
+           "REPLACE_POLICIES"]
 
 #: HOPS implementation class UID (a UUID-derived 2.25 root, fixed for the project)
 IMPLEMENTATION_UID = "2.25.286417633215823475631227309512830476977"
 IMPLEMENTATION_VERSION = ("HOPS_" + __version__.replace(".", ""))[:16]
 DEFAULT_SPOOL_THRESHOLD = 16 * 1024 * 1024
+#: mode of every file holding patient data (archive, spool, series records, job files)
+FILE_MODE = 0o640
+#: mode of every directory holding patient data
+DIR_MODE = 0o750
+REPLACE_POLICIES = ("same-sender", "never", "any")
+
+
+def private_umask() -> int:
+    """Set the process umask to ``027`` (no access for others); returns the old one."""
+    return os.umask(0o027)
+
+
+def make_private_dir(path: Path) -> None:
+    """``mkdir -p`` with :data:`DIR_MODE`, and take the world's access from an existing one."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+        if mode & 0o007:
+            os.chmod(path, mode & ~0o007)
+    except OSError:
+        pass
+
+
+class SpoolBudget:
+    """Bytes of received data sets held in memory by all associations together; a
+    buffer that would exceed it spills to disk instead.  Thread-safe."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
 
 
 class SpoolBuffer(io.BytesIO):
-    """Receive buffer: memory up to ``threshold`` bytes, then a temporary file in
-    ``spool_dir``.  A ``BytesIO`` subclass because pynetdicom insists on one; only
-    ``write``, ``getvalue``, ``seek``/``read``/``tell`` are meaningful."""
+    """Receive buffer: memory up to ``threshold`` bytes (and while the shared ``budget``
+    allows), then a temporary file in ``spool_dir`` (mode :data:`FILE_MODE`).  A ``BytesIO``
+    subclass because pynetdicom insists on one; only ``write``, ``getvalue``,
+    ``seek``/``read``/``tell`` are meaningful."""
 
-    def __init__(self, spool_dir: Path, threshold: int = DEFAULT_SPOOL_THRESHOLD):
+    def __init__(self, spool_dir: Path, threshold: int = DEFAULT_SPOOL_THRESHOLD, budget: SpoolBudget | None = None):
         super().__init__()
         self.spool_dir = spool_dir
         self.threshold = threshold
+        self.budget = budget
         self._chunks: list[bytes] = []
         self._size = 0
+        self._reserved = 0            # bytes taken from the budget
         self._file: BinaryIO | None = None
         self.path: Path | None = None
         self._pos = 0
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
         n = len(data)
-        if self._file is None and self._size + n > self.threshold:
-            self.path = self.spool_dir / f"spool-{uuid.uuid4().hex}.part"
-            self._file = open(self.path, "w+b")
-            for chunk in self._chunks:
-                self._file.write(chunk)
-            self._chunks = []
+        if self._file is None and (self._size + n > self.threshold or
+                                   (self.budget is not None and not self.budget.take(n))):
+            self._spill()
         if self._file is not None:
             self._file.write(data)
         else:
             self._chunks.append(bytes(data))
+            if self.budget is not None:
+                self._reserved += n
         self._size += n
         return n
+
+    def _spill(self) -> None:
+        self.path = self.spool_dir / f"spool-{uuid.uuid4().hex}.part"
+        self._file = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE), "w+b")
+        for chunk in self._chunks:
+            self._file.write(chunk)
+        self._chunks = []
+        self._release_budget()
+
+    def _release_budget(self) -> None:
+        if self.budget is not None and self._reserved:
+            self.budget.give(self._reserved)
+            self._reserved = 0
 
     @property
     def size(self) -> int:
@@ -125,6 +195,7 @@ class SpoolBuffer(io.BytesIO):
     def discard(self) -> None:
         """Free memory and remove the spill file."""
         self._chunks = []
+        self._release_budget()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -165,8 +236,9 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae
 
 class StoreOutcome(enum.Enum):
     NEW = "new"
-    IDENTICAL = "identical"     # duplicate with identical bytes: nothing written
-    REPLACED = "replaced"       # duplicate with different bytes: old version superseded
+    IDENTICAL = "identical"     # duplicate with an identical data set: nothing written
+    REPLACED = "replaced"       # duplicate with a different data set: old version superseded
+    REFUSED = "refused"         # a different data set the replace policy does not allow: nothing written
 
 
 @dataclass(frozen=True)
@@ -212,43 +284,78 @@ def _copy_file(src_fd: int, dst_fd: int, size: int) -> None:
         offset += n
 
 
-def _same_content(path: Path, header: bytes, body: SpoolBuffer | bytes) -> bool:
-    size = len(header) + (body.size if isinstance(body, SpoolBuffer) else len(body))
-    try:
-        if path.stat().st_size != size:
-            return False
-        with open(path, "rb") as fh:
-            if fh.read(len(header)) != header:
-                return False
-            if isinstance(body, SpoolBuffer):
-                if body.spilled:
-                    src = body.spool_file()
-                    src.seek(0)
-                    while True:
-                        a = src.read(1 << 20)
-                        if not a:
-                            return True
-                        if fh.read(len(a)) != a:
-                            return False
-                for chunk in body.chunks():
-                    if fh.read(len(chunk)) != chunk:
-                        return False
-                return True
-            return fh.read() == body
-    except OSError:
+def read_stored_meta(fh: BinaryIO) -> tuple[int, str, str]:
+    """(offset of the data set, transfer syntax UID, source AE title) of an archived
+    file, from the File Meta Information this module wrote; raises ValueError otherwise."""
+    head = fh.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("no File Meta Information")
+    end = 144 + struct.unpack_from("<I", head, 140)[0]
+    meta = fh.read(end - 144)
+    pos, syntax, source = 0, "", ""
+    while pos + 8 <= len(meta):
+        group, element, vr = struct.unpack_from("<HH2s", meta, pos)
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+            length, start = struct.unpack_from("<I", meta, pos + 8)[0], pos + 12
+        else:
+            length, start = struct.unpack_from("<H", meta, pos + 6)[0], pos + 8
+        value = meta[start:start + length]
+        if (group, element) == (0x0002, 0x0010):
+            syntax = value.rstrip(b"\x00 ").decode("ascii", "replace")
+        elif (group, element) == (0x0002, 0x0016):
+            source = value.rstrip(b"\x00 ").decode("ascii", "replace")
+        pos = start + length
+    return end, syntax, source
+
+
+def _same_data_set(fh: BinaryIO, offset: int, body: "SpoolBuffer | bytes") -> bool:
+    """Whether the file's bytes from ``offset`` on are exactly ``body``."""
+    size = body.size if isinstance(body, SpoolBuffer) else len(body)
+    if os.fstat(fh.fileno()).st_size - offset != size:
         return False
+    fh.seek(offset)
+    if isinstance(body, SpoolBuffer):
+        if body.spilled:
+            src = body.spool_file()
+            src.seek(0)
+            while True:
+                a = src.read(1 << 20)
+                if not a:
+                    return True
+                if fh.read(len(a)) != a:
+                    return False
+        for chunk in body.chunks():
+            if fh.read(len(chunk)) != chunk:
+                return False
+        return True
+    return fh.read() == body
+
+
+def _header_syntax(header: bytes) -> str:
+    """The transfer syntax named in a File Meta header built by :func:`file_meta`."""
+    try:
+        return read_stored_meta(io.BytesIO(header))[1]
+    except (ValueError, struct.error):
+        return ""
 
 
 class DicomArchive:
     """The archive under ``data_dir``.  Thread-safe."""
 
-    def __init__(self, data_dir: str | Path, fsync: bool = True):
+    def __init__(self, data_dir: str | Path, fsync: bool = True, replace: str = "same-sender",
+                 spool_memory: int | None = None):
+        """``replace``: one of :data:`REPLACE_POLICIES`; ``spool_memory``: bytes all
+        receive buffers may hold in memory together (None: no shared limit)."""
+        if replace not in REPLACE_POLICIES:
+            raise ValueError(f"replace policy must be one of {REPLACE_POLICIES}, not {replace!r}")
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "archive"
         self.tmp = self.data_dir / "tmp"
         self.fsync = fsync
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.replace = replace
+        self.spool_budget = SpoolBudget(spool_memory) if spool_memory is not None else None
+        make_private_dir(self.root)
+        make_private_dir(self.tmp)
         self._known_dirs: set[Path] = set()
         self._dir_lock = threading.Lock()
         self._locks = [threading.Lock() for _ in range(64)]
@@ -265,7 +372,7 @@ class DicomArchive:
         return removed
 
     def new_spool(self, threshold: int = DEFAULT_SPOOL_THRESHOLD) -> SpoolBuffer:
-        return SpoolBuffer(self.tmp, threshold)
+        return SpoolBuffer(self.tmp, threshold, self.spool_budget)
 
     def series_dir(self, study: str, series: str) -> Path:
         return self.root / study / series
@@ -278,19 +385,21 @@ class DicomArchive:
                 return
             for d in (path.parent, path):
                 if not d.exists():
-                    d.mkdir(exist_ok=True)
+                    d.mkdir(mode=DIR_MODE, exist_ok=True)
                     if self.fsync:
                         _fsync_dir(d.parent)
             self._known_dirs.add(path)
 
-    def store(self, study: str, series: str, sop: str, header: bytes, body: SpoolBuffer | bytes) -> StoredInstance:
-        """Durably archive one instance (UIDs must already be validated)."""
+    def store(self, study: str, series: str, sop: str, header: bytes, body: SpoolBuffer | bytes,
+              sender: str = "") -> StoredInstance:
+        """Durably archive one instance (UIDs must already be validated); ``sender`` is the
+        calling AE title (for the replace policy)."""
         directory = self.series_dir(study, series)
         self._ensure_dir(directory)
         final = directory / f"{sop}.dcm"
         size = len(header) + (body.size if isinstance(body, SpoolBuffer) else len(body))
         tmp = self.tmp / f"{sop}.{uuid.uuid4().hex}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             if isinstance(body, SpoolBuffer) and body.spilled:
                 _write_all(fd, [header])
@@ -314,11 +423,12 @@ class DicomArchive:
         with lock:
             outcome = StoreOutcome.NEW
             if final.exists():
-                if _same_content(final, header, body):
+                verdict = self._compare(final, header, body, sender)
+                if verdict is not StoreOutcome.REPLACED:
                     os.unlink(tmp)
-                    return StoredInstance(final, StoreOutcome.IDENTICAL, size)
+                    return StoredInstance(final, verdict, size)
                 superseded = directory / ".superseded"
-                superseded.mkdir(exist_ok=True)
+                superseded.mkdir(mode=DIR_MODE, exist_ok=True)
                 os.link(final, superseded / f"{sop}.{time.time_ns()}.dcm")
                 if self.fsync:
                     _fsync_dir(superseded)
@@ -327,6 +437,20 @@ class DicomArchive:
             if self.fsync:
                 _fsync_dir(directory)
         return StoredInstance(final, outcome, size)
+
+    def _compare(self, final: Path, header: bytes, body: SpoolBuffer | bytes, sender: str) -> StoreOutcome:
+        """IDENTICAL (same data set in the same transfer syntax), REPLACED (different and
+        the policy allows it) or REFUSED."""
+        try:
+            with open(final, "rb") as fh:
+                offset, syntax, source = read_stored_meta(fh)
+                if syntax == _header_syntax(header) and _same_data_set(fh, offset, body):
+                    return StoreOutcome.IDENTICAL
+        except (OSError, ValueError, struct.error):
+            source = ""          # unreadable: never identical; the policy decides
+        if self.replace == "any" or (self.replace == "same-sender" and source and source == sender.strip()[:16]):
+            return StoreOutcome.REPLACED
+        return StoreOutcome.REFUSED
 
     def study_counts(self, study: str) -> tuple[int, int]:
         """(series, instances) archived for a study."""

@@ -75,7 +75,7 @@ def run_attempt(jobdir: JobDir, bucket: BucketInfo, worker_id: str, engine_url: 
                 bucket=bucket, input_dir=jobdir.input, output_dir=claim.dir / "output",
                 memory_dir=bucket.memory_dir, log_path=log_path,
                 labels={"hops.job": job_id, "hops.attempt": claim.attempt, "hops.worker": worker_id},
-                cancel_requested=jobdir.cancel_requested))
+                cancel_requested=jobdir.cancel_requested, scratch_dir=jobdir.path))
         except RunnerError as exc:
             outcome = Outcome(claim.attempt, worker_id, "error", str(exc), None, started, time.time(),
                               log_path.stat().st_size)

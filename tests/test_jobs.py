@@ -19,6 +19,8 @@ from magickbox.db import FINAL_STATUSES
 CONTAINER_SCRIPT = """
 echo "job start on $(hostname)"
 if touch /input/forbidden 2>/dev/null; then echo yes > /output/input_writable; fi
+f=$(find /input -name '*.dcm' | head -n 1)
+if echo overwritten 2>/dev/null > "$f"; then echo yes > /output/input_file_writable; fi
 find /input -name '*.dcm' | wc -l > /output/count.txt
 n=$(cat /memory/runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > /memory/runs; echo $n > /output/run_number.txt
 echo "done, run $n"
@@ -77,6 +79,7 @@ def test_container_bucket_end_to_end(tmp_path, gearmand, podman):
     assert (results[0] / "output" / "count.txt").read_text().strip() == "4"
     assert (results[1] / "output" / "count.txt").read_text().strip() == "2"
     assert not (results[0] / "output" / "input_writable").exists()        # /input is read-only
+    assert not (results[0] / "output" / "input_file_writable").exists()   # so are its files (archive inodes)
     # /memory persists from one run to the next
     assert [(r / "output" / "run_number.txt").read_text().strip() for r in results] == ["1", "2"]
     log = (results[1] / "processing.log").read_text()
