@@ -5,6 +5,7 @@
     magickbox buckets list|create|run|install|remove|enable|disable ...
     magickbox backfill BUCKET --data-dir DIR [--since DATE] [--until DATE] [--match REGEX] [--dry-run]
     magickbox jobs --data-dir DIR [--status S] [--cancel ID]
+    magickbox qa phantom|analyse|install|bucket-dir ...   (phantom QA, see magickbox.qa.cli)
 
 Exit codes: 0 normal shutdown, 2 configuration error (the message names the key).
 """
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=("queued", "running", "success", "failed", "partial", "timeout",
                                         "cancelled"))
     p.add_argument("--cancel", metavar="ID", type=int, help="cancel a queued or running job")
+
+    from .qa.cli import add_qa_parser
+    add_qa_parser(sub)
     return parser
 
 
@@ -235,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=max(logging.DEBUG, logging.INFO - 10 * args.verbose),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "qa":
+            from .qa.cli import qa_main
+            return qa_main(args)
         return {"serve": cmd_serve, "worker": cmd_worker, "buckets": cmd_buckets, "backfill": cmd_backfill,
                 "jobs": cmd_jobs}[args.command](args)
     except (ConfigError, RulesError) as exc:
