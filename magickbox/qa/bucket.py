@@ -125,9 +125,11 @@ def _stash(series, memory: Path, config: QaConfig, notes: list[str]) -> tuple[Pa
 
 # -- the job ------------------------------------------------------------------------------------
 
-def run(input_dir: Path, output: Path, memory: Path | None, config: QaConfig) -> tuple[str, str]:
+def run(input_dir: Path, output: Path, memory: Path | None, config: QaConfig,
+        report: bool = True) -> tuple[str, str]:
     """Analyse the phantom series in ``input_dir`` into ``output``; returns (success value,
-    message) for proc.json.  Raises :class:`ConfigError` for configuration problems."""
+    message) for proc.json.  ``report=False`` skips figures and report (measures and
+    qa.json only).  Raises :class:`ConfigError` for configuration problems."""
     from .fbirn import AnalysisError, FbirnSettings, analyse
     from .loader import LoadError, load_series
     from .measures import build_measures, coil_name, scanner_name
@@ -203,16 +205,17 @@ def run(input_dir: Path, output: Path, memory: Path | None, config: QaConfig) ->
         "seconds": {"load": round(loaded - started, 3), "analysis": round(analysed - loaded, 3)},
     }
     write_json(output / "qa.json", details)
-    try:
-        from .report import write_figures, write_report, write_secondary_capture
-        write_figures(result, output, series.tr_seconds)
-        pages = write_report(result, info, output, series.tr_seconds)
-        if config.secondary_capture:
-            write_secondary_capture(pages[1], series.header, output / "report_sc.dcm")
-    except Exception as exc:      # figures are secondary: the measures stand
-        log.exception("figures/report failed")
-        status = "partial"
-        message = f"measures written, but the figures/report failed: {exc}"
+    if report:
+        try:
+            from .report import write_figures, write_report, write_secondary_capture
+            write_figures(result, output, series.tr_seconds)
+            pages = write_report(result, info, output, series.tr_seconds)
+            if config.secondary_capture:
+                write_secondary_capture(pages[1], series.header, output / "report_sc.dcm")
+        except Exception as exc:      # figures are secondary: the measures stand
+            log.exception("figures/report failed")
+            status = "partial"
+            message = f"measures written, but the figures/report failed: {exc}"
     if pending_dir is not None:
         shutil.rmtree(pending_dir, ignore_errors=True)
     for n in notes:

@@ -69,9 +69,11 @@ class PhantomSpec:
             raise bad("slices", "expected at least 1")
         if self.dummy_volumes < 0:
             raise bad("dummy_volumes", "expected >= 0")
-        if self.analysed < (self.roi_size + 8 if self.exact else 10):
+        if self.exact and self.analysed < self.roi_size + 8:
             raise bad("volumes", f"too few: {self.analysed} analysed volumes; exact noise for a "
                                  f"{self.roi_size} ROI needs at least {self.roi_size + 8}")
+        if self.analysed < 1:
+            raise bad("volumes", "expected more volumes than dummy volumes")
         if self.phase_encoding not in ("COL", "ROW"):
             raise bad("phase_encoding", f"expected COL or ROW, found {self.phase_encoding!r}")
         half = self.roi_size // 2
