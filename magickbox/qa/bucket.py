@@ -46,7 +46,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .measures import ConfigError, QaConfig, load_config, write_json
+# one job, one core: multi-threaded BLAS only adds contention for these small products
+# (set before numpy is imported by the modules below)
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from .measures import ConfigError, QaConfig, load_config, write_json  # noqa: E402
 
 __all__ = ["run", "main", "find_config"]
 

@@ -42,7 +42,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .rawdicom import frame_items, value as _v
+from .rawdicom import frame_items, shared_values, value as _v
 
 __all__ = ["Series", "LoadError", "load_series", "dicom_datetime"]
 
@@ -107,10 +107,9 @@ class _Image:
 
 def _rescale(ds: Dataset) -> tuple[float, float]:
     slope, intercept = _v(ds, "RescaleSlope"), _v(ds, "RescaleIntercept")
-    if slope is None:
-        shared = _shared(ds, "PixelValueTransformationSequence")
-        if shared is not None:
-            slope, intercept = shared.get("RescaleSlope"), shared.get("RescaleIntercept")
+    if slope is None and 0x52009229 in ds:
+        shared = shared_values(ds)
+        slope, intercept = shared["slope"], shared["intercept"]
     return float(slope if slope is not None else 1), float(intercept if intercept is not None else 0)
 
 
@@ -213,11 +212,20 @@ def _normal(orientation: Any) -> np.ndarray | None:
 
 
 @dataclass
-class _Record:
-    position: float
-    keys: tuple          # (temporal index, acquisition number, time s, instance, frame) - None if absent
-    image: int           # index into the group's images
-    frame: int           # frame (or mosaic tile) in that image
+class _Records:
+    """Every 2-D image of a series, as columns: slice position (mm along the normal,
+    rounded to 0.01), time keys (temporal index, acquisition number, time in s, instance
+    number; NaN where absent), the image (index into the series' files) and its frame."""
+
+    pos: np.ndarray
+    keys: np.ndarray
+    image: np.ndarray
+    frame: np.ndarray
+    mosaic: tuple[int, int, int] | None = None
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _mosaic_layout(image: _Image) -> tuple[int, int, int]:
@@ -259,78 +267,85 @@ def _mosaic_layout(image: _Image) -> tuple[int, int, int]:
     return int(filled[-1]) + 1, tile[0], tile[1]
 
 
-def _records(images: list[_Image], kind: str) -> tuple[list[_Record], dict[int, tuple[int, int, int]]]:
-    """Every 2-D image of a series as a record; mosaic layouts per image index."""
-    records: list[_Record] = []
-    mosaics: dict[int, tuple[int, int, int]] = {}
-    for i, image in enumerate(images):
-        ds = image.ds
-        acq = _int(_v(ds, "AcquisitionNumber"))
-        inst = _int(_v(ds, "InstanceNumber"))
-        file_time = _seconds(image.time)
-        if kind == "single":
+def _records(images: list[_Image], kind: str) -> _Records:
+    """The records of one series (see :class:`_Records`)."""
+    if kind == "single":
+        pos, keys = [], []
+        for image in images:
+            ds = image.ds
             normal = _normal(_v(ds, "ImageOrientationPatient"))
             ipp = _list(_v(ds, "ImagePositionPatient"))
             if normal is not None and len(ipp) == 3:
-                pos = float(ipp[0] * normal[0] + ipp[1] * normal[1] + ipp[2] * normal[2])
+                pos.append(ipp[0] * normal[0] + ipp[1] * normal[1] + ipp[2] * normal[2])
             elif _v(ds, "SliceLocation") is not None:
-                pos = float(_v(ds, "SliceLocation"))
+                pos.append(float(_v(ds, "SliceLocation")))
             else:
                 raise LoadError(f"{image.path.name}: no ImagePositionPatient or SliceLocation: the slice is unknown")
-            temporal = _int(_v(ds, "TemporalPositionIdentifier"))
-            records.append(_Record(round(pos, 2), (temporal, acq, file_time, inst, 0), i, 0))
-        elif kind == "mosaic":
-            mosaics[i] = layout = _mosaic_layout(image) if not mosaics else next(iter(mosaics.values()))
-            for tile in range(layout[0]):
-                records.append(_Record(float(tile), (None, acq, file_time, inst, 0), i, tile))
+            keys.append((_num(_int(_v(ds, "TemporalPositionIdentifier"))), _num(_int(_v(ds, "AcquisitionNumber"))),
+                         _num(_seconds(image.time)), _num(_int(_v(ds, "InstanceNumber")))))
+        n = len(images)
+        return _Records(np.round(np.asarray(pos, dtype=np.float64), 2), np.asarray(keys, dtype=np.float64).reshape(n, 4),
+                        np.arange(n), np.zeros(n, dtype=np.int64))
+    if kind == "mosaic":
+        layout = _mosaic_layout(images[0])
+        nz = layout[0]
+        keys = np.array([(np.nan, _num(_int(_v(im.ds, "AcquisitionNumber"))), _num(_seconds(im.time)),
+                          _num(_int(_v(im.ds, "InstanceNumber")))) for im in images], dtype=np.float64)
+        n = len(images)
+        return _Records(np.tile(np.arange(nz, dtype=np.float64), n), np.repeat(keys, nz, axis=0),
+                        np.repeat(np.arange(n), nz), np.tile(np.arange(nz), n), layout)
+    parts = []
+    for i, image in enumerate(images):
+        ds = image.ds
+        cols = frame_items(ds)
+        frames = len(cols["time"])
+        shared = shared_values(ds)
+        ipps = cols["ipp"]
+        if np.isnan(ipps).all() and shared["ipp"] is not None and len(shared["ipp"]) == 3:
+            ipps = np.tile(np.asarray(shared["ipp"], dtype=np.float64), (frames, 1))
+        normals = np.empty((frames, 3))
+        normal = _normal(shared["iop"])
+        if normal is not None:
+            normals[:] = normal
         else:
-            shared = ds.get("SharedFunctionalGroupsSequence")
-            shared = shared[0] if shared else Dataset()
-            normal = None
-            if "PlaneOrientationSequence" in shared:
-                normal = _normal(shared.PlaneOrientationSequence[0].ImageOrientationPatient)
-            shared_pos = [float(v) for v in shared.PlanePositionSequence[0].ImagePositionPatient] \
-                if "PlanePositionSequence" in shared else None
-            items = frame_items(ds)
-            normals = [normal if normal is not None else _normal(item["iop"]) for item in items] \
-                if normal is None else None
-            ipps = [item["ipp"] or shared_pos for item in items]
-            if normal is not None and all(p is not None and len(p) == 3 for p in ipps):
-                positions = (np.asarray(ipps, dtype=np.float64) @ normal).round(2).tolist()
-            else:
-                positions = []
-                for f, item in enumerate(items):
-                    frame_normal = normal if normal is not None else normals[f]
-                    if ipps[f] is not None and frame_normal is not None:
-                        positions.append(round(float(np.dot(ipps[f], frame_normal)), 2))
-                    elif item["stack"] is not None:
-                        positions.append(float(item["stack"]))
-                    else:
-                        raise LoadError(f"{image.path.name}: frame {f + 1} has no position")
-            texts = [item["time"] for item in items]
-            if any(t for t in texts):
-                first = min(t for t in texts if t)
-                earliest = _seconds(dicom_datetime(first))
-                if earliest is not None and (file_time is None or earliest < file_time):
-                    image.time = dicom_datetime(first)
-            # frame times are only needed for the order when there is no temporal index
-            need_times = any(item["temporal"] is None for item in items)
-            for f, item in enumerate(items):
-                frame_time = _seconds(dicom_datetime(texts[f])) if need_times and texts[f] else None
-                records.append(_Record(positions[f], (item["temporal"], acq,
-                                                      frame_time if frame_time is not None else file_time,
-                                                      inst, f), i, f))
-    return records, mosaics
+            for f in range(frames):
+                frame_normal = _normal(cols["iop"][f]) if not np.isnan(cols["iop"][f]).any() else None
+                normals[f] = frame_normal if frame_normal is not None else np.nan
+        pos = np.einsum("fi,fi->f", ipps, normals)
+        missing = np.isnan(pos)
+        if missing.any():
+            if np.isnan(cols["stack"][missing]).any():
+                f = int(np.flatnonzero(missing & np.isnan(cols["stack"]))[0])
+                raise LoadError(f"{image.path.name}: frame {f + 1} has no position")
+            pos[missing] = cols["stack"][missing]
+        temporal = cols["temporal"]
+        file_time = _num(_seconds(image.time))
+        texts = cols["time"]
+        present = [t for t in texts if t]
+        if present:
+            first = dicom_datetime(min(present))
+            if first is not None and (image.time is None or _seconds(first) < _seconds(image.time)):
+                image.time = first
+                file_time = _num(_seconds(first))
+        if np.isnan(temporal).any() and present:       # frame times only matter without a temporal index
+            times = np.array([_num(_seconds(dicom_datetime(t))) if t else file_time for t in texts])
+        else:
+            times = np.full(frames, file_time)
+        keys = np.column_stack([temporal, np.full(frames, _num(_int(_v(ds, "AcquisitionNumber")))), times,
+                                np.full(frames, _num(_int(_v(ds, "InstanceNumber"))))])
+        parts.append((np.round(pos, 2), keys, np.full(frames, i), np.arange(frames)))
+    return _Records(*(np.concatenate([p[k] for p in parts]) for k in range(4)))
 
 
-def _time_order(records: list[_Record]) -> int | None:
+def _time_order(rec: _Records) -> int | None:
     """Index of the first time key present and distinct within every slice position."""
-    by_pos: dict[float, list[_Record]] = defaultdict(list)
-    for r in records:
-        by_pos[r.position].append(r)
     for k in range(4):
-        if all(r.keys[k] is not None for r in records) and \
-                all(len({r.keys[k] for r in group}) == len(group) for group in by_pos.values()):
+        col = rec.keys[:, k]
+        if np.isnan(col).any():
+            continue
+        order = np.lexsort((col, rec.pos))
+        p, c = rec.pos[order], col[order]
+        if not np.any((p[1:] == p[:-1]) & (c[1:] == c[:-1])):
             return k
     return None
 
@@ -381,7 +396,7 @@ def load_series(paths: Path | Iterable[Path], min_volumes: int = 3) -> Series:
         raise LoadError("no images with pixel data in the input" + (f" ({'; '.join(notes)})" if notes else ""))
 
     ranked = []
-    parsed: dict[tuple, tuple[list[_Record], dict[int, tuple[int, int, int]]]] = {}
+    parsed: dict[tuple, _Records] = {}
     for key, members in groups.items():
         kind = members[0].kind
         try:
@@ -389,12 +404,12 @@ def load_series(paths: Path | Iterable[Path], min_volumes: int = 3) -> Series:
         except LoadError as exc:
             notes.append(f"skipped {_describe(members[0].ds)}: {exc}")
             continue
-        records = parsed[key][0]
-        positions = len({r.position for r in records}) or 1
-        volumes = len(records) // positions
+        records = parsed[key]
+        positions = len(np.unique(records.pos)) or 1
+        volumes = len(records.pos) // positions
         original = kind == "mosaic" or \
             not str((_list(_v(members[0].ds, "ImageType")) or ["DERIVED"])[0]).upper().startswith("DERIVED")
-        ranked.append((volumes, original, len(records), key))
+        ranked.append((volumes, original, len(records.pos), key))
     if not ranked:
         raise LoadError("no readable image series in the input: " + "; ".join(notes))
     ranked.sort(key=lambda r: (r[0], r[1], r[2]), reverse=True)
@@ -410,74 +425,86 @@ def load_series(paths: Path | Iterable[Path], min_volumes: int = 3) -> Series:
     return series
 
 
-def _assemble(members: list[_Image], parsed: tuple[list[_Record], dict[int, tuple[int, int, int]]],
-              notes: list[str]) -> Series:
+def _assemble(members: list[_Image], rec: _Records, notes: list[str]) -> Series:
     kind = members[0].kind
-    records, mosaics = parsed
-    order = _time_order(records)
-    if order is None:
-        # no single key: sort by everything we have and require the result to be unambiguous
-        order = -1
-    by_pos: dict[float, list[_Record]] = defaultdict(list)
-    for r in records:
-        by_pos[r.position].append(r)
-    positions = sorted(by_pos)
-
-    def sort_key(r: _Record) -> tuple:
-        if order >= 0:
-            return (r.keys[order],)
-        return tuple((0 if v is None else 1, v or 0) for v in r.keys)
-
-    for pos in positions:
-        by_pos[pos].sort(key=sort_key)
-        keys = [sort_key(r) for r in by_pos[pos]]
-        if len(set(keys)) != len(keys):
-            dup = next(r for r, k in zip(by_pos[pos], keys) if keys.count(k) > 1)
+    order = _time_order(rec)
+    if order is not None:
+        lex = np.lexsort((rec.keys[:, order], rec.pos))
+        volume_key = rec.keys[:, order:order + 1]
+    else:   # no single key: sort by all of them and require the result to be unambiguous
+        filled = np.where(np.isnan(rec.keys), -np.inf, rec.keys)
+        lex = np.lexsort((filled[:, 3], filled[:, 2], filled[:, 1], filled[:, 0], rec.pos))
+        volume_key = filled
+        sorted_keys, sorted_pos = filled[lex], rec.pos[lex]
+        dup = np.flatnonzero((sorted_pos[1:] == sorted_pos[:-1]) & np.all(sorted_keys[1:] == sorted_keys[:-1], axis=1))
+        if dup.size:
+            name = members[rec.image[lex[dup[0]]]].path.name
             raise LoadError(f"two images at the same slice position and time in {_describe(members[0].ds)} "
-                            f"(e.g. {members[dup.image].path.name}): duplicate files or two runs in one series?")
-    counts = [len(by_pos[p]) for p in positions]
-    nt = min(counts)
-    if max(counts) != nt:
-        notes.append(f"incomplete run: slice positions have {nt}-{max(counts)} images; using the first {nt} "
+                            f"(e.g. {name}): duplicate files or two runs in one series?")
+    positions, z_of, counts = np.unique(rec.pos, return_inverse=True, return_counts=True)
+    nt = int(counts.min())
+    if counts.max() != nt:
+        notes.append(f"incomplete run: slice positions have {nt}-{int(counts.max())} images; using the first {nt} "
                      f"volumes")
+    z_sorted = z_of[lex]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    t_rank = np.arange(len(lex)) - starts[z_sorted]
+    keep = t_rank < nt
+    sel, t_idx, z_idx = lex[keep], t_rank[keep], z_sorted[keep]
     first = members[0]
     if kind == "mosaic":
-        nz, tr_rows, tr_cols = next(iter(mosaics.values()))
-        shape = (tr_rows, tr_cols)
+        nz, tile_rows, tile_cols = rec.mosaic
+        shape = (tile_rows, tile_cols)
     else:
         shape = (int(_v(first.ds, "Rows")), int(_v(first.ds, "Columns")))
         nz = len(positions)
-    cache: dict[int, np.ndarray] = {}
 
     def frames_of(i: int) -> np.ndarray:
-        if i not in cache:
-            arr = members[i].pixels()
-            if kind == "mosaic":
-                rows, cols = arr.shape[1:]
-                k_r, k_c = rows // shape[0], cols // shape[1]
-                arr = arr[0].reshape(k_r, shape[0], k_c, shape[1]).transpose(0, 2, 1, 3).reshape(-1, *shape)
-            cache[i] = arr
-        return cache[i]
+        arr = members[i].pixels()
+        if kind == "mosaic":
+            rows, cols = arr.shape[1:]
+            k_r, k_c = rows // shape[0], cols // shape[1]
+            arr = arr[0].reshape(k_r, shape[0], k_c, shape[1]).transpose(0, 2, 1, 3).reshape(-1, *shape)
+        return arr
 
-    sample = frames_of(by_pos[positions[0]][0].image)
-    data = np.empty((nt, nz) + shape, dtype=sample.dtype)
-    for z, pos in enumerate(positions):
-        for t, r in enumerate(by_pos[pos][:nt]):
-            data[t, z] = frames_of(r.image)[r.frame]
-    volume_keys = [sort_key(r) for r in by_pos[positions[0]][:nt]]
-    used = sorted({r.image for pos in positions for r in by_pos[pos][:nt]})
-    times = [t for t in (_seconds(members[i].time) for i in used) if t is not None]
-    frame_times = [r.keys[2] for pos in positions for r in by_pos[pos][:nt] if r.keys[2] is not None]
-    earliest = min(frame_times or times) if (frame_times or times) else None
+    images = rec.image[sel]
+    if len(members) == 1 and kind == "enhanced" and sel.size == nt * nz:
+        frames = frames_of(0)
+        frame_of = rec.frame[sel]
+        if np.array_equal(frame_of, t_idx * nz + z_idx) and frames.shape[0] == nt * nz:
+            data = frames.reshape((nt, nz) + shape)       # frames already in time-major order: no copy
+        elif np.array_equal(frame_of, z_idx * nt + t_idx) and frames.shape[0] == nt * nz:
+            data = np.ascontiguousarray(frames.reshape((nz, nt) + shape).swapaxes(0, 1))
+        else:
+            data = None
+        if data is not None:
+            images = np.zeros(0, dtype=np.int64)
+    else:
+        data = None
+    by_image = np.argsort(images, kind="stable")
+    bounds = np.flatnonzero(np.diff(images[by_image])) + 1
+    for group in (np.split(by_image, bounds) if images.size else []):
+        i = int(images[group[0]])
+        frames = frames_of(i)
+        if data is None:
+            data = np.empty((nt, nz) + shape, dtype=frames.dtype)
+        data[t_idx[group], z_idx[group]] = frames[rec.frame[sel[group]]]
+    at_first_pos = sel[z_idx == 0]
+    at_first_pos = at_first_pos[np.argsort(t_idx[z_idx == 0])]
+    volume_keys = [tuple(None if np.isnan(v) or np.isinf(v) else float(v) for v in volume_key[i])
+                   for i in at_first_pos]
+    used = sorted({int(i) for i in np.unique(rec.image[sel])})
+    times = rec.keys[sel, 2]
+    times = times[np.isfinite(times)]
     header = _header(first.ds)
     acq_time = None
-    if earliest is not None:
-        acq_time = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=earliest)
+    if times.size:
+        acq_time = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=float(times.min()))
         zone = first.time
         if zone is not None and zone.tzinfo is not None:
             acq_time = acq_time.replace(tzinfo=zone.tzinfo)
     return Series(
-        data=data, spacing_mm=_spacing(first.ds, positions, kind), phase_encoding=_phase_encoding(first.ds),
+        data=data, spacing_mm=_spacing(first.ds, positions.tolist(), kind), phase_encoding=_phase_encoding(first.ds),
         tr_seconds=_tr(first.ds), layout=kind if kind != "single" else "classic", header=header,
         acquisition_time=acq_time, files=[members[i].path for i in used], volume_keys=volume_keys,
         expected_volumes=_int(_v(first.ds, "NumberOfTemporalPositions")),
@@ -497,8 +524,8 @@ def _header(ds: Dataset) -> Dataset:
 def _spacing(ds: Dataset, positions: list[float], kind: str) -> tuple[float, float, float]:
     spacing = ds.get("PixelSpacing")
     measures = _shared(ds, "PixelMeasuresSequence")
-    if spacing is None and measures is not None:
-        spacing = measures.get("PixelSpacing")
+    if spacing is None:
+        spacing = shared_values(ds)["pixel_spacing"] if 0x52009229 in ds else None
     row, col = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
     if kind != "mosaic" and len(positions) > 1:
         dz = float(np.median(np.diff(positions)))

@@ -17,6 +17,7 @@ import struct
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -176,29 +177,56 @@ def _element_pattern(tag: int, vr: bytes, explicit: bool) -> re.Pattern[bytes]:
     return re.compile(re.escape(head) + b"(....)", re.DOTALL)
 
 
-def _scan(data: bytes, explicit: bool, frames: int) -> list[dict[str, Any]] | None:
-    """Per-frame fields by scanning for the element headers (one of each per frame, in
+_FIELDS = ("temporal", "stack", "time", "ipp", "iop")
+_WIDTH = {"ipp": 3, "iop": 6}
+
+
+def _numbers(texts: list[bytes], width: int) -> np.ndarray | None:
+    """``width`` backslash-separated numbers per entry -> (n, width) floats (one C parse)."""
+    joined = b" ".join(texts).replace(b"\\", b" ").replace(b"\x00", b" ").decode("ascii")
+    values = np.array(joined.split(), dtype=np.float64)
+    if values.size != len(texts) * width:
+        return None
+    return values.reshape(len(texts), width)
+
+
+def _scan(data: bytes, explicit: bool, frames: int) -> dict[str, Any] | None:
+    """Per-frame columns by scanning for the element headers (one of each per frame, in
     frame order); None unless every count is 0 or ``frames``."""
-    found: dict[str, list[bytes]] = {}
+    found: dict[str, Any] = {}
+    raw = np.frombuffer(data, dtype=np.uint8)
     for name, tag, vr in (("temporal", _TEMPORAL_INDEX, b"UL"), ("stack", _STACK_POSITION, b"UL"),
                           ("time", _FRAME_TIME, b"DT"), ("ipp", _IPP, b"DS"), ("iop", _IOP, b"DS")):
-        values = []
-        for m in _element_pattern(tag, vr, explicit).finditer(data):
-            length = struct.unpack("<H" if explicit else "<I", m.group(1))[0]
-            values.append(data[m.end():m.end() + length])
-        if len(values) not in (0, frames):
+        matches = list(_element_pattern(tag, vr, explicit).finditer(data))
+        if len(matches) not in (0, frames):
             return None
-        found[name] = values
-    out = []
-    for f in range(frames):
-        def get(name: str) -> bytes | None:
-            return found[name][f] if found[name] else None
-        temporal, stack, when, ipp, iop = (get(k) for k in ("temporal", "stack", "time", "ipp", "iop"))
-        out.append({"temporal": struct.unpack("<I", temporal)[0] if temporal else None,
-                    "stack": struct.unpack("<I", stack)[0] if stack else None,
-                    "time": when.decode("ascii").rstrip("\x00 ") if when else None,
-                    "ipp": _floats(ipp), "iop": _floats(iop)})
-    return out
+        if not matches:
+            found[name] = _absent(name, frames)
+            continue
+        fmt = "<H" if explicit else "<I"
+        if vr == b"UL":
+            ends = np.fromiter((m.end() for m in matches), dtype=np.int64, count=frames)
+            if any(struct.unpack(fmt, m.group(1))[0] != 4 for m in matches[:1]):
+                return None
+            found[name] = raw[ends[:, None] + np.arange(4)].copy().view("<u4").ravel().astype(np.float64)
+            continue
+        texts = [data[m.end():m.end() + struct.unpack(fmt, m.group(1))[0]] for m in matches]
+        if vr == b"DT":
+            found[name] = [t.decode("ascii").rstrip("\x00 ") or None for t in texts]
+        else:
+            numbers = _numbers(texts, _WIDTH[name])
+            if numbers is None:
+                return None
+            found[name] = numbers
+    return found
+
+
+def _absent(name: str, frames: int) -> Any:
+    if name == "time":
+        return [None] * frames
+    if name in _WIDTH:
+        return np.full((frames, _WIDTH[name]), np.nan)
+    return np.full(frames, np.nan)
 
 
 def _floats(data: bytes | None) -> list[float] | None:
@@ -207,10 +235,20 @@ def _floats(data: bytes | None) -> list[float] | None:
     return [float(p) for p in data.decode("ascii").rstrip("\x00 ").split("\\") if p.strip()]
 
 
-def frame_items(ds: Dataset) -> list[dict[str, Any]]:
-    """Per frame: ``temporal`` (TemporalPositionIndex), ``stack`` (InStackPositionNumber),
-    ``time`` (FrameAcquisitionDateTime text), ``ipp`` and ``iop`` (lists of floats); None
-    where absent."""
+def _columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"time": [row["time"] for row in rows]}
+    for name in ("temporal", "stack"):
+        out[name] = np.array([np.nan if row[name] is None else float(row[name]) for row in rows], dtype=np.float64)
+    for name, width in _WIDTH.items():
+        out[name] = np.array([row[name] if row[name] is not None and len(row[name]) == width else [np.nan] * width
+                              for row in rows], dtype=np.float64).reshape(len(rows), width)
+    return out
+
+
+def frame_items(ds: Dataset) -> dict[str, Any]:
+    """Per-frame columns: ``temporal`` (TemporalPositionIndex) and ``stack``
+    (InStackPositionNumber) as float arrays, ``ipp`` (n × 3) and ``iop`` (n × 6) float
+    arrays — NaN where absent — and ``time`` (FrameAcquisitionDateTime texts or None)."""
     elem = ds.get_item(0x52009230)
     if isinstance(elem, RawDataElement) and elem.is_little_endian and elem.value is not None:
         frames = value(ds, "NumberOfFrames")
@@ -220,7 +258,7 @@ def frame_items(ds: Dataset) -> list[dict[str, Any]]:
                 return scanned
         try:
             items, _ = _parse_items(elem.value, 0, len(elem.value), not elem.is_implicit_VR)
-            return [_frame_fields(item) for item in items]
+            return _columns([_frame_fields(item) for item in items])
         except (ValueError, struct.error, IndexError):
             pass
     out = []
@@ -236,6 +274,62 @@ def frame_items(ds: Dataset) -> list[dict[str, Any]]:
             "iop": [float(v) for v in orientation.ImageOrientationPatient]
             if "ImageOrientationPatient" in orientation else None,
         })
+    return _columns(out)
+
+
+_PIXEL_MEASURES = 0x00289110
+_PIXEL_VALUE_TRANSFORMATION = 0x00289145
+_PIXEL_SPACING = 0x00280030
+_RESCALE_INTERCEPT = 0x00281052
+_RESCALE_SLOPE = 0x00281053
+
+
+def shared_values(ds: Dataset) -> dict[str, Any]:
+    """From the first SharedFunctionalGroupsSequence item: ``iop``, ``ipp``,
+    ``pixel_spacing`` (lists of floats), ``slope`` and ``intercept`` (floats); None where
+    absent.  Parsed from the raw bytes when possible (pydicom datasets otherwise)."""
+    out: dict[str, Any] = {"iop": None, "ipp": None, "pixel_spacing": None, "slope": None, "intercept": None}
+    elem = ds.get_item(0x52009229) if 0x52009229 in ds else None
+    if elem is None:
+        return out
+    if isinstance(elem, RawDataElement) and elem.is_little_endian and elem.value is not None:
+        try:
+            items, _ = _parse_items(elem.value, 0, len(elem.value), not elem.is_implicit_VR)
+        except (ValueError, struct.error, IndexError):
+            items = None
+        if items is not None:
+            if not items:
+                return out
+            item = items[0]
+
+            def one(seq: int, tag: int) -> list[float] | None:
+                first = _first(item, seq)
+                return _floats(first.get(tag)) if first else None
+            out["iop"] = one(_PLANE_ORIENTATION, _IOP)
+            out["ipp"] = one(_PLANE_POSITION, _IPP)
+            out["pixel_spacing"] = one(_PIXEL_MEASURES, _PIXEL_SPACING)
+            slope, intercept = one(_PIXEL_VALUE_TRANSFORMATION, _RESCALE_SLOPE), \
+                one(_PIXEL_VALUE_TRANSFORMATION, _RESCALE_INTERCEPT)
+            out["slope"] = slope[0] if slope else None
+            out["intercept"] = intercept[0] if intercept else None
+            return out
+    groups = ds.SharedFunctionalGroupsSequence
+    if not groups:
+        return out
+    g = groups[0]
+
+    def seq(name: str) -> Dataset | None:
+        return g[name][0] if name in g and g[name].value else None
+    if seq("PlaneOrientationSequence") is not None:
+        out["iop"] = [float(v) for v in seq("PlaneOrientationSequence").ImageOrientationPatient]
+    if seq("PlanePositionSequence") is not None:
+        out["ipp"] = [float(v) for v in seq("PlanePositionSequence").ImagePositionPatient]
+    if seq("PixelMeasuresSequence") is not None and "PixelSpacing" in seq("PixelMeasuresSequence"):
+        out["pixel_spacing"] = [float(v) for v in seq("PixelMeasuresSequence").PixelSpacing]
+    transform = seq("PixelValueTransformationSequence")
+    if transform is not None:
+        out["slope"] = float(transform.RescaleSlope) if "RescaleSlope" in transform else None
+        out["intercept"] = float(transform.RescaleIntercept) if "RescaleIntercept" in transform else None
     return out
 
 
