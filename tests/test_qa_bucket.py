@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -181,3 +182,29 @@ def test_xa_classic_volumes_are_assembled_in_memory(tmp_path):
     final = json.loads((results[-1][0] / "measures.json").read_text())
     assert {m["name"] for m in final["measures"]} >= {"snr", "sfnr", "rdc"}
     assert not list((memory / "pending").glob("*/v*"))
+
+
+def test_work_sh_finds_a_python_with_hops_or_says_why(tmp_path):
+    """The shipped work.sh as the process runner starts it: HOPS_PYTHON, python.path,
+    the python beside magickbox on PATH; none of them -> a failed proc.json that says so."""
+    from magickbox.qa.cli import BUCKET_DIR
+    bucket = tmp_path / "procqa"
+    shutil.copytree(BUCKET_DIR, bucket)
+    (tmp_path / "in").mkdir()
+    venv_bin = str(Path(sys.executable).parent)
+
+    def start(name: str, env: dict) -> dict:
+        out = tmp_path / name
+        out.mkdir()
+        subprocess.run([str(bucket / "work.sh"), str(tmp_path / "in"), str(out), str(tmp_path / "mem")], cwd=bucket,
+                       env=env, capture_output=True, text=True, timeout=120)
+        return json.loads((out / "proc.json").read_text())[0]
+
+    plain = {"PATH": "/usr/bin:/bin"}
+    assert "no images with pixel data" in start("env", dict(plain, HOPS_PYTHON=sys.executable))["message"]
+    assert "no images with pixel data" in start("beside", {"PATH": f"{venv_bin}:/usr/bin:/bin"})["message"]
+    (bucket / "python.path").write_text(sys.executable + "\n")
+    assert "no images with pixel data" in start("recorded", plain)["message"]
+    (bucket / "python.path").unlink()
+    missing = start("missing", plain)
+    assert missing["success"] == "failed" and "no Python with HOPS" in missing["message"]

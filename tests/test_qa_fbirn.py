@@ -247,6 +247,11 @@ def test_scanner_and_coil_names_are_metric_safe_and_never_patient_data():
     notes.clear()
     assert scanner_name(_header(StationName="DOE"), config, notes) == "unknown" and "identifier" in notes[0]
     assert scanner_name(_header(StationName="MRN123456"), config, notes) == "unknown"
+    assert scanner_name(_header(StationName="MR_MRN123456_X"), config, notes) == "unknown"   # an ID inside
+    assert scanner_name(_header(StationName="DOE_LAB"), config, notes) == "doe_lab"     # words: only if equal
+    # the synthetic phantom's own names do not trip it (PatientName PHANTOM^FBIRN, StationName HOPSPHANTOM)
+    assert scanner_name(_header(StationName="HOPSPHANTOM", PatientName="PHANTOM^FBIRN"), config, notes) == \
+        "hopsphantom"
     # coils: Siemens private tag, ReceiveCoilName, enhanced functional group
     siemens = _header(ReceiveCoilName="ignored")
     siemens.private_block(0x0051, "SIEMENS MR HEADER", create=True).add_new(0x0F, "LO", "HeadNeck_20")

@@ -157,8 +157,12 @@ def _identifiers(header: Dataset) -> set[str]:
 
 
 def _guard(token: str, header: Dataset, what: str, notes: list[str]) -> str:
+    """``token``, or ``unknown`` if it equals a patient/study identifier of the series or
+    contains one that looks like a number (IDs, dates, UIDs: 6+ characters with a digit;
+    plain words such as "phantom" only by equality)."""
     ids = _identifiers(header)
-    if token != "unknown" and (token in ids or any(len(i) >= 4 and i in token for i in ids)):
+    if token != "unknown" and (token in ids or any(len(i) >= 6 and any(c.isdigit() for c in i) and i in token
+                                                   for i in ids)):
         notes.append(f"the {what} name matched a patient/study identifier of the series: using 'unknown'")
         return "unknown"
     return token
