@@ -23,7 +23,7 @@ from magickbox.db import FINAL_STATUSES
 from magickbox.qa.phantom import LAYOUTS, PhantomSpec, generate, write_series
 from measures_helper import send_measures
 from stability_collector.delivery import GraphiteAddress, GraphiteSender
-from test_qa_fbirn import GHOST_POINTS, RELATIVE
+from test_qa_fbirn import DCIODVFY, GHOST_POINTS, RELATIVE
 
 SPEC = PhantomSpec(slices=7, volumes=34, seed=21, coil="HEAD_32", start="2025-03-04T08:15:30")
 FIGURES = ("roi_timecourse.png", "weisskoff.png", "sfnr.png", "report.png")
@@ -101,6 +101,10 @@ def test_procqa_bucket_end_to_end_every_layout(tmp_path, graphite):
         assert "fBIRN phantom stability report" in (out / "report.html").read_text()
         sc = pydicom.dcmread(out / "report_sc.dcm")
         assert sc.Modality == "OT" and sc.PatientID == "PHANTOM-QA" and sc.SamplesPerPixel == 3
+        # into the phantom's study (XA classic: the study of the first volume)
+        assert sc.StudyInstanceUID == pydicom.dcmread(series_dirs[layout][0]).StudyInstanceUID
+        verify = subprocess.run([DCIODVFY, str(out / "report_sc.dcm")], capture_output=True, text=True)
+        assert not [line for line in (verify.stdout + verify.stderr).splitlines() if line.startswith("Error")]
         assert json.loads((out / "proc.json").read_text())[0]["success"] == "success"
         # the measures reach a real carbon-cache at the acquisition time
         points = send_measures(sender, doc, timezone="Europe/Berlin")

@@ -44,7 +44,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 # one job, one core: multi-threaded BLAS only adds contention for these small products
 # (set before numpy is imported by the modules below)

@@ -496,7 +496,8 @@ def _assemble(members: list[_Image], rec: _Records, notes: list[str]) -> Series:
     used = sorted({int(i) for i in np.unique(rec.image[sel])})
     times = rec.keys[sel, 2]
     times = times[np.isfinite(times)]
-    header = _header(first.ds)
+    earliest = members[int(rec.image[sel[np.argmin(t_idx * nz + z_idx)]])]
+    header = _header(earliest.ds)           # the first volume's (XA classic: its study)
     acq_time = None
     if times.size:
         acq_time = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=float(times.min()))
