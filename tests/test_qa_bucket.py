@@ -212,3 +212,25 @@ def test_work_sh_finds_a_python_with_hops_or_says_why(tmp_path):
     (bucket / "python.path").unlink()
     missing = start("missing", plain)
     assert missing["success"] == "failed" and "no Python with HOPS" in missing["message"]
+
+
+def test_cli_phantom_then_analyse(tmp_path):
+    """What a site does to check its set-up: generate, analyse, compare with the truth."""
+    made = subprocess.run([MAGICKBOX, "qa", "phantom", str(tmp_path / "series"), "--layout", "xa-enhanced",
+                           "--volumes", "34", "--slices", "5", "--ghost", "4", "--station-name", "Bay 3",
+                           "--truth", str(tmp_path / "truth.json")], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert "wrote 34 file(s) (xa-enhanced)" in made.stdout and "SNR 397" in made.stdout
+    ran = subprocess.run([MAGICKBOX, "qa", "analyse", str(tmp_path / "series"), str(tmp_path / "result")],
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stdout[-2000:]
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    assert truth["spec"]["ghost"] == 4 and truth["layout"] == "xa-enhanced"
+    doc = json.loads((tmp_path / "result" / "measures.json").read_text())
+    assert doc["prefix"] == "hops.stability.bay_3.head_32.fbirn"
+    values = {m["name"]: m["value"] for m in doc["measures"]}
+    for key in ("snr", "sfnr", "fluctuation_pct", "drift_pct", "rdc"):
+        assert values[key] == pytest.approx(truth["truth"][key], rel=0.02), key
+    bad = subprocess.run([MAGICKBOX, "qa", "phantom", str(tmp_path / "x"), "--volumes", "5"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "volumes: too few" in bad.stderr

@@ -15,6 +15,7 @@ This module only imports argparse at start; numpy and friends load when a comman
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -83,8 +84,8 @@ def _phantom(args: argparse.Namespace) -> int:
           f"SFNR {t['sfnr']:.2f}, fluctuation {t['fluctuation_pct']:.4f} %, drift {t['drift_pct']:.3f} %, "
           f"RDC {t['rdc']:.3f}, ghost {t['ghost_pct']:.3f} % (nominal {t['ghost_fraction_pct']:g} %)")
     if args.truth:
-        Path(args.truth).write_text(json.dumps({"layout": args.layout, "spec": vars(spec) if hasattr(spec, "__dict__")
-                                                else {}, "truth": t}, indent=1, default=str) + "\n")
+        Path(args.truth).write_text(json.dumps({"layout": args.layout, "spec": dataclasses.asdict(spec), "truth": t},
+                                               indent=1, default=str) + "\n")
     return 0
 
 
