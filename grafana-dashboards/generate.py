@@ -114,7 +114,10 @@ def stability_overview() -> Dashboard:
         panels.append(_series(title, [f"aliasByNode({target}, 6)"], (12 * (i % 2), row + 8 * (i // 2), 12, 8),
                               unit=unit, thresholds=steps))
     row += 8 * ((len(per_slice) + 1) // 2)
-    panels += qa_limit_panels(row)
+    qa_row = qa_limit_panels(row)
+    panels += qa_row
+    row = max(p.gridPos.y + p.gridPos.h for p in qa_row)
+    panels += fbirn_panels(row)
     templating = Templating(list=[
         _query_var("scanner", "hops.stability.*", "Scanner"),
         _query_var("coil", "hops.stability.$scanner.*", "Coil"),
@@ -125,6 +128,44 @@ def stability_overview() -> Dashboard:
                      description="MGH Stability phantom QA per scanner and coil (HOPS)",
                      tags=["hops", "phantom"], time=Time("now-2y", "now"), templating=templating,
                      annotations=qa_annotations(), panels=panels, timezone="browser").auto_panel_ids()
+
+
+def fbirn_panels(row: int) -> list:
+    """The fBIRN row: values from the ProcQA bucket (magickbox.qa, any vendor) under
+    ``hops.stability.<scanner>.<coil>.fbirn.<metric>`` (README: "Phantom QA bucket")."""
+    fb = f"{STAB}.fbirn"
+    panels: list = [RowPanel(title="fBIRN phantom QA (any vendor: ProcQA bucket, central slice)",
+                             gridPos=GridPos(h=1, w=24, x=0, y=row))]
+    row += 1
+    specs = [
+        ("fBIRN SNR and SFNR", [f"alias({fb}.snr, 'SNR')", f"alias({fb}.sfnr, 'SFNR')"], "none", None,
+         "SNR: mean / (SD of the odd-even difference image / sqrt(T)); SFNR: mean of signal / temporal "
+         "fluctuation noise after a quadratic detrend, over the ROI."),
+        ("fBIRN percent fluctuation", [f"aliasByNode({fb}.fluctuation_pct, 2, 3)"], "percent",
+         _thresholds(("green", None), ("orange", 0.1), ("red", 0.25)),
+         "100 x SD of the detrended ROI mean time series / its mean."),
+        ("fBIRN drift over the run", [f"alias({fb}.drift_pct, 'from the fit')",
+                                      f"alias({fb}.drift_raw_pct, 'raw signal')"], "percent",
+         _thresholds(("green", None), ("orange", 1.0), ("red", 2.0)),
+         "100 x (max - min) / mean of the quadratic fit, and of the raw ROI signal."),
+        ("fBIRN radius of decorrelation (RDC)", [f"aliasByNode({fb}.rdc, 2, 3)"], "none", None,
+         "Weisskoff analysis: CV(1) / CV(largest ROI), in pixels; lower means spatially correlated "
+         "instability."),
+        ("fBIRN ghost", [f"aliasByNode({fb}.ghost_pct, 2, 3)"], "percent",
+         _thresholds(("green", None), ("orange", 3.0), ("red", 5.0)),
+         "N/2 ghost: (ghost region - background) / phantom signal, in percent."),
+        ("fBIRN centre-of-mass displacement", [f"aliasByNode({fb}.cmass.*.disp_mm, 6)"], "lengthmm", None,
+         "max - min of the phantom's centre of mass over the run, per axis."),
+        ("fBIRN SFNR per slice ($slice)", [f"aliasByNode({fb}.slice.$slice.sfnr, 6)"], "none", None,
+         "SFNR of each slice whose ROI lies inside the phantom."),
+        ("fBIRN Weisskoff CV: single pixel and largest ROI", [f"alias({fb}.weisskoff.cv.01, 'width 1')",
+                                                             f"alias({fb}.weisskoff.cv.21, 'width 21')"],
+         "percent", None, "Coefficient of variation of the detrended ROI mean for ROI widths 1 and 21."),
+    ]
+    for i, (title, targets, unit, steps, description) in enumerate(specs):
+        panels.append(_series(title, targets, (12 * (i % 2), row + 8 * (i // 2), 12, 8), unit=unit,
+                              thresholds=steps, description=description))
+    return panels
 
 
 def scanner_compare() -> Dashboard:

@@ -6,6 +6,7 @@
     magickbox backfill BUCKET --data-dir DIR [--since DATE] [--until DATE] [--match REGEX] [--dry-run]
     magickbox jobs --data-dir DIR [--status S] [--cancel ID]
     magickbox route test JOB|DIR [--success VALUE] | route echo HOST:PORT AETITLE
+    magickbox qa phantom|analyse|install|bucket-dir ...   (phantom QA, see magickbox.qa.cli)
 
 Exit codes: 0 normal shutdown, 2 configuration error (the message names the key).
 """
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=("queued", "running", "success", "failed", "partial", "timeout",
                                         "cancelled"))
     p.add_argument("--cancel", metavar="ID", type=int, help="cancel a queued or running job")
+
+    from .qa.cli import add_qa_parser
+    add_qa_parser(sub)
     return parser
 
 
@@ -302,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(max(logging.DEBUG, logging.INFO - 10 * args.verbose))   # one sanitised line per event
     private_umask()                       # patient data: no access for other users (store.FILE_MODE)
     try:
+        if args.command == "qa":
+            from .qa.cli import qa_main
+            return qa_main(args)
         return {"serve": cmd_serve, "worker": cmd_worker, "buckets": cmd_buckets, "backfill": cmd_backfill,
                 "jobs": cmd_jobs, "route": cmd_route}[args.command](args)
     except (ConfigError, RulesError) as exc:

@@ -19,6 +19,7 @@ import yaml
 
 from conftest import REPO
 from magickbox import node_metrics as nm
+from measures_helper import send_measures
 from stability_collector.delivery import GraphiteAddress, GraphiteSender
 from stability_collector.ingest import IngestSettings, Ingestor, Outcome, ScannerSource
 from stability_collector.localgraphite import LocalGraphite, whisper_value_at
@@ -38,9 +39,37 @@ def load_generator():
     return module
 
 
+#: fBIRN sample scans (ProcQA bucket) for the sample scanners: (station, coil tag, coil alias)
+FBIRN_SCANNERS = [("prisma1", "Head_32", "32ch"), ("vida2", "HeadNeck_20", "20ch"), ("vida2", "HeadNeck_64", "48ch")]
+FBIRN_DATES = ["2025-02-03T07:30:00", "2025-06-02T07:30:00", "2025-10-06T07:30:00"]
+
+
+def load_fbirn_samples(base, sender) -> list[str]:
+    """Synthetic phantom scans through the real bucket code (loader, analysis,
+    measures.json), delivered with the test helper; returns metrics to wait for."""
+    from magickbox.qa.bucket import run
+    from magickbox.qa.measures import load_config
+    from magickbox.qa.phantom import PhantomSpec, generate, write_series
+    config = load_config({"coil_aliases": {coil: alias for _, coil, alias in FBIRN_SCANNERS}})
+    waits = []
+    for i, (station, coil, alias) in enumerate(FBIRN_SCANNERS):
+        for j, start in enumerate(FBIRN_DATES):
+            spec = PhantomSpec(slices=7, volumes=34, station_name=station, coil=coil, start=start, seed=10 * i + j,
+                               noise=5.0 + j, ghost=2.0 + i)
+            series = base / f"fbirn-{station}-{alias}-{j}"
+            write_series(generate(spec), series / "in", "enhanced")
+            (series / "out").mkdir()
+            status, message = run(series / "in", series / "out", None, config, report=False)
+            assert status == "success", message
+            points = send_measures(sender, series / "out" / "measures.json", timezone="UTC")
+            waits.append(next(p for p in points if p.endswith(".fbirn.snr")))
+    return waits
+
+
 @pytest.fixture(scope="module")
 def loaded_graphite(tmp_path_factory):
-    """graphite-web with all sample reports and 6 hours of magickbox node metrics."""
+    """graphite-web with all sample reports, fBIRN sample scans and 6 hours of magickbox
+    node metrics."""
     base = tmp_path_factory.mktemp("dash")
     with LocalGraphite(base / "graphite", web=True) as g:
         shutil.copytree(REPO / "sample_statfiles", base / "scanners")
@@ -57,8 +86,9 @@ def loaded_graphite(tmp_path_factory):
             for name in nm.GAUGES:
                 lines.append(f"{nm.node_metric(NODE, name)} {rng.uniform(0, 5):.3f} {t}")
         sender.deliver("\n".join(lines) + "\n")
+        fbirn = load_fbirn_samples(base, sender)
         g.wait_for_whisper(["hops.stability.prisma1.32ch.summary.snr_mean", "hops.stability.vida2.48ch.fit.p1.16",
-                            nm.node_metric(NODE, nm.START_LATENCY)])
+                            nm.node_metric(NODE, nm.START_LATENCY)] + fbirn)
         time.sleep(1)
         load_qa_results(g, base / "qa")
         yield g
