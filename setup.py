@@ -18,7 +18,8 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["stability_collector", "stability_collector.*", "magickbox", "magickbox.*"]),
-    package_data={"stability_collector": ["data/graphite/*.conf"]},
+    package_data={"stability_collector": ["data/graphite/*.conf"],
+                  "magickbox.api": ["templates/*.html", "static/*"]},
     install_requires=[
         "watchdog>=3",
         "tqdm>=4.60",
@@ -31,6 +32,12 @@ setup(
         "docker>=6",
         # reading datapoints back from whisper files (demo, tests, operators' checks)
         "whisper>=1.1",
+        # the node's REST API and web UI (magickbox.api), and the mb client (magickbox.client)
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "jinja2>=3.1",
+        "google-re2>=1.1",      # linear-time search patterns: no regular expression can hang the node
+        "httpx>=0.27",
     ],
     extras_require={
         # diamond-next imports pkg_resources, which setuptools 81 removed.  Its sdist cannot be
@@ -39,12 +46,13 @@ setup(
         "diamond": ["diamond-next==5.0.0", "setuptools<81"],
         # the test suite also needs diamond-next (deploy/local/venv.sh test installs it first)
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "grafanalib>=0.7", "diamond-next==5.0.0",
-                 "setuptools<81"],
+                 "setuptools<81", "schemathesis>=4", "selenium>=4.20"],
     },
     entry_points={
         "console_scripts": [
             "hops-stability = stability_collector.cli:main",
             "magickbox = magickbox.cli:main",
+            "mb = magickbox.client.cli:main",
         ],
     },
     classifiers=[

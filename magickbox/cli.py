@@ -5,6 +5,7 @@
     magickbox buckets list|create|run|install|remove|enable|disable ...
     magickbox backfill BUCKET --data-dir DIR [--since DATE] [--until DATE] [--match REGEX] [--dry-run]
     magickbox jobs --data-dir DIR [--status S] [--cancel ID]
+    magickbox tokens create|revoke|list --data-dir DIR [--role read|admin] [NAME]
 
 Exit codes: 0 normal shutdown, 2 configuration error (the message names the key).
 """
@@ -88,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=("queued", "running", "success", "failed", "partial", "timeout",
                                         "cancelled"))
     p.add_argument("--cancel", metavar="ID", type=int, help="cancel a queued or running job")
+
+    p = sub.add_parser("tokens", help="tokens for the REST API, the web UI and mb: create, revoke, list")
+    tsub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    for action, help_text in (("create", "make a token (printed once; only its hash is kept)"),
+                              ("revoke", "revoke a token at once (also in a running node)"),
+                              ("list", "tokens by name and role")):
+        tp = tsub.add_parser(action, help=help_text)
+        tp.add_argument("--data-dir", metavar="DIR", required=True, help="the node's data directory")
+        if action != "list":
+            tp.add_argument("name", metavar="NAME", help="who or what uses it, e.g. alice or grafana")
+        if action == "create":
+            tp.add_argument("--role", choices=("read", "admin"), default="read",
+                            help="read: look and download outputs; admin: also push, cancel, re-run, remove, "
+                                 "download inputs, edit routing (default read)")
     return parser
 
 
@@ -226,6 +241,34 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokens(args: argparse.Namespace) -> int:
+    import time
+
+    from .api.tokens import TokenError, TokenStore
+
+    store = TokenStore(Path(args.data_dir))
+    try:
+        if args.token_command == "create":
+            token = store.create(args.name, args.role)
+            print(token)
+            print(f"token {args.name!r} ({args.role}) created; it is shown only now. Use it in the web UI, "
+                  f"with mb (mb machines add URL --token-stdin), or as 'Authorization: Bearer <token>'.",
+                  file=sys.stderr)
+        elif args.token_command == "revoke":
+            gone = store.revoke(args.name)
+            print(f"token {gone.name!r} ({gone.role}) revoked")
+        else:
+            tokens = store.list()
+            if not tokens:
+                print(f"no tokens in {store.path}")
+            for t in tokens:
+                print(f"{t.name:<24} {t.role:<6} created {time.strftime('%Y-%m-%d %H:%M', time.localtime(t.created))}")
+    except TokenError as exc:
+        print(f"magickbox tokens: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -236,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return {"serve": cmd_serve, "worker": cmd_worker, "buckets": cmd_buckets, "backfill": cmd_backfill,
-                "jobs": cmd_jobs}[args.command](args)
+                "jobs": cmd_jobs, "tokens": cmd_tokens}[args.command](args)
     except (ConfigError, RulesError) as exc:
         print(f"magickbox: configuration error: {exc}", file=sys.stderr)
         return 2
