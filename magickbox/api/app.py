@@ -33,6 +33,7 @@ from .uploads import NotPart10, UploadLimits, UploadRejected, check_archive, rea
 __all__ = ["create_app", "ApiState"]
 
 _SENDER_RE = r"^[\x21-\x5b\x5d-\x7e][\x20-\x5b\x5d-\x7e]{0,63}$"       # printable, no backslash
+_WHEN_RE = r"^(\d{1,12}(\.\d{1,9})?|\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])(T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?)?)$"
 MAX_ROUTING_BYTES = 1 << 20
 JOB_ID = Annotated[int, PathParam(ge=1, le=2**62, description="job number")]
 
@@ -183,10 +184,33 @@ def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None
             return render_error(request, exc.status_code, str(exc.detail))
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+    def allowed_methods(request: Request) -> str:
+        from starlette.routing import Match
+        methods: set[str] = set()
+        for route in app.routes:
+            match, _ = route.matches(request.scope)
+            if match != Match.NONE and getattr(route, "methods", None):
+                methods |= set(route.methods)
+        return ", ".join(sorted(methods))
+
+    @app.exception_handler(405)
+    async def _method_not_allowed(request: Request, exc: StarletteHTTPException) -> Response:
+        return JSONResponse({"error": f"{request.method} is not allowed here"}, status_code=405,
+                            headers={"Allow": allowed_methods(request)})
+
+    forms = {"since": "expected YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS] or epoch seconds",
+             "until": "expected YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS] or epoch seconds",
+             "sender": "expected 1-64 printable characters without backslash"}
+
+    def _problem(e: dict[str, Any]) -> str:
+        where = ".".join(str(p) for p in e.get("loc", ())[1:]) or "request"
+        if e.get("type") == "string_pattern_mismatch" and where in forms:
+            return f"{where}: {forms[where]}, found {e.get('input')!r}"
+        return f"{where}: {e.get('msg')}"
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
-                             for e in exc.errors()[:5])
+        problems = "; ".join(_problem(e) for e in exc.errors()[:5])
         return JSONResponse({"error": problems or "invalid request"}, status_code=422)
 
     # -- authentication ---------------------------------------------------------------------------
@@ -253,9 +277,11 @@ def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None
                   bucket: Annotated[list[str] | None, Query(max_length=64, description="called AE title(s)")] = None,
                   sender: Annotated[list[str] | None, Query(max_length=64, description="calling AE title(s) / "
                                                                                        "mb sender(s)")] = None,
-                  since: Annotated[str | None, Query(max_length=40, description="received on or after: YYYY-MM-DD, "
-                                                     "ISO date-time or epoch seconds")] = None,
-                  until: Annotated[str | None, Query(max_length=40, description="received before")] = None,
+                  since: Annotated[str | None, Query(max_length=40, pattern=_WHEN_RE,
+                                                     description="received on or after: YYYY-MM-DD, ISO date-time "
+                                                                 "or epoch seconds")] = None,
+                  until: Annotated[str | None, Query(max_length=40, pattern=_WHEN_RE,
+                                                     description="received before")] = None,
                   q: Annotated[str | None, Query(max_length=200, description="regular expression")] = None,
                   before: Annotated[int | None, Query(ge=1, le=2**62, description="only jobs with a smaller id")]
                   = None,
@@ -283,7 +309,8 @@ def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None
                          413: {"model": m.ErrorBody, "description": "too large"}},
               summary="upload a study as a zip of DICOM files for a bucket (mb push)",
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/zip": {"schema": {"type": "string", "format": "binary"}}}}})
+                  "application/zip": {"schema": {"type": "string", "format": "binary"}},
+                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload(request: Request,
                      bucket: Annotated[str, Query(min_length=1, max_length=16, description="the bucket's AE title")],
                      sender: Annotated[str | None, Query(max_length=64, pattern=_SENDER_RE,
@@ -357,7 +384,7 @@ def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None
         except KeyError:
             raise _error(404, f"no job {job_id}") from None
 
-    @app.get("/api/jobs/{job_id}/log", response_class=PlainTextResponse, tags=["jobs"],
+    @app.get("/api/jobs/{job_id}/log", tags=["jobs"],
              responses={**errors, **not_found, 200: {"content": {"text/plain": {}}}},
              summary="processing.log (the end of it with tail=BYTES)")
     def job_log(job_id: JOB_ID, _: TokenInfo = Depends(reader),
@@ -424,8 +451,11 @@ def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None
                         413: {"model": m.ErrorBody, "description": "too large"}},
              summary="replace routing.json (validated first; the old one is kept as a .bak)",
              openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": {"type": "object", "description": "routing.json, as text "
-                                                 "(comments allowed)"}}}}})
+                 "application/json": {"schema": {
+                     "type": "object", "required": ["routing"], "additionalProperties": False,
+                     "properties": {"routing": {"type": "array", "items": {"type": "object"}}},
+                     "description": "routing.json as text (comments allowed); its rules are checked as the "
+                                    "node's routing checks them"}}}}})
     async def put_routing(request: Request, _: TokenInfo = Depends(admin)) -> m.RoutingView:
         body = b""
         async for chunk in request.stream():

@@ -3,8 +3,8 @@
 Patterns are compiled with RE2 (``google-re2``), which matches in time linear in the
 text: no pattern can make the node backtrack for ever (Python's ``re`` takes hours on
 ``(a+)+$`` against ``aaaa…b``).  RE2's syntax is Python's without back-references and
-look-around.  Matching is case-insensitive and never crosses a line: the store searches
-one line of text per job (see :data:`magickbox.api.store.SEARCHED_FIELDS`).
+look-around.  Matching is case-insensitive and never crosses a line, and ``^``/``$``
+anchor at a line's start and end: the store searches one line of text per job (see :data:`magickbox.api.store.SEARCHED_FIELDS`).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def compile_search(pattern: str) -> SearchPattern:
     options.log_errors = False
     options.max_mem = 8 << 20
     try:
-        return re2.compile(pattern, options)
+        return re2.compile("(?m)" + pattern, options)     # ^ and $: start and end of a job's line
     except re2.error as exc:
         reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         raise SearchPatternError(f"not a valid regular expression: {reason}") from None

@@ -38,6 +38,9 @@ class HttpServer:
         self._socket: socket.socket | None = None
 
     def start(self) -> int:
+        stale = self.store.remove_stale_uploads()
+        if stale:
+            log.info("removed %d unfinished upload(s) left by an interrupted node", stale)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -414,9 +414,18 @@ class NodeStore:
     # -- uploads ---------------------------------------------------------------------------
     def upload_dir(self) -> Path:
         """Where request bodies are spooled (inside the data dir, same filesystem)."""
-        path = self.data_dir / "tmp" / "uploads"
+        path = self.data_dir / "tmp"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def remove_stale_uploads(self) -> int:
+        """At start-up: request bodies of uploads that never got an answer (the node
+        stopped while receiving or unpacking them; the client saw no success)."""
+        removed = 0
+        for path in self.upload_dir().glob("upload-*.zip"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def archive_instance(self, sop_class: str, sop_instance: str, transfer_syntax: str, body: BinaryIO,
                          limit: int) -> str:
@@ -476,7 +485,9 @@ class NodeStore:
     def quarantine_upload(self, spooled: Path, why: str) -> Path:
         """Keep a rejected upload (never deleted) with a note saying why."""
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        target = self.quarantine_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.zip"
+        now = time.time_ns()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now / 1e9))
+        target = self.quarantine_dir / f"{stamp}.{now % 10**9:09d}-{uuid.uuid4().hex[:6]}.zip"
         os.replace(spooled, target)
         target.with_suffix(".txt").write_text(why + "\n")
         return target
