@@ -184,8 +184,8 @@ def cmd_buckets(args: argparse.Namespace, config: Config) -> int:
             failed += 1
             continue
         for b in buckets:
-            text = " ".join(str(b.get(k, "")) for k in ("AETitle", "name", "description", "version"))
-            if pattern is None or pattern.search(text):
+            fields = [str(b.get(k, "")) for k in ("AETitle", "name", "description", "version")]
+            if pattern is None or any(pattern.search(f) for f in fields):
                 rows.append({"machine": m.name, **b})
     _print(rows)
     return 1 if failed else 0
