@@ -38,11 +38,14 @@ class HttpServer:
         self._socket: socket.socket | None = None
 
     def start(self) -> int:
+        threading.Thread(target=self._warm, name="search-cache", daemon=True).start()
         stale = self.store.remove_stale_uploads()
         if stale:
             log.info("removed %d unfinished upload(s) left by an interrupted node", stale)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only then; without it
+        # every keep-alive response waits 40 ms for a delayed ACK (headers and body are two writes)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         sock.listen(128)
@@ -74,6 +77,12 @@ class HttpServer:
             log.info("no API tokens yet: magickbox tokens create --data-dir DIR --role admin NAME")
         log.info("web UI and REST API on http%s://%s:%d/", "s" if self.cert else "", self.host, port)
         return port
+
+    def _warm(self) -> None:
+        try:
+            self.store.warm_search_cache()
+        except Exception:                      # only an optimisation: searches work without it
+            log.exception("could not prepare the job search")
 
     async def _serve(self, started: threading.Event) -> None:
         assert self._server is not None and self._socket is not None

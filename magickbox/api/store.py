@@ -42,6 +42,8 @@ SEARCHED_FIELDS = ("#id", "bucket_ae", "calling_ae", "caller_ip", "status", "sou
 _SEARCH_TEXT = ("printf('#%d %s %s %s %s %s %s %s', id, bucket_ae, calling_ae, caller_ip, status, source, worker,"
                 " replace(message, char(10), ' '))")     # printf: a third faster than || here
 _SEARCH_BUDGET = 10.0       # seconds a listing may search before it gives up
+_BLOCK = 4096               # job ids per search block
+_CACHE_CHARS = 64 << 20     # search lines of finished jobs kept in memory (about 800,000 jobs)
 
 
 class StoreConflict(Exception):
@@ -144,6 +146,9 @@ class NodeStore:
         self.quarantine_dir = self.data_dir / "quarantine" / "uploads"
         self.started = time.time()
         self._local = threading.local()
+        self._cache_lock = threading.Lock()
+        self._search_cache: dict[int, tuple[tuple[int, float], str]] = {}
+        self._cache_chars = 0
 
     @classmethod
     def from_node(cls, node: Any) -> "NodeStore":
@@ -247,36 +252,82 @@ class NodeStore:
 
     def _search(self, conn: sqlite3.Connection, where: list[str], args: list[Any], query: JobQuery) -> list[int]:
         """Ids (newest first, at most limit + 1) of the jobs passing ``where`` whose search
-        line matches ``query.pattern``.  SQLite joins the lines of a window of ids into
-        one text and the pattern scans it in one call, windows growing from the newest
-        job down until enough jobs matched."""
+        line matches ``query.pattern``.
+
+        Ids are searched in blocks of :data:`_BLOCK`, newest first, until enough matched.
+        A block's lines are one text (SQLite's ``group_concat``) that the pattern scans in
+        one call; the text of a block whose jobs are all finished is kept in memory (such
+        jobs never change; a removed one changes the block's count and id sum, which every
+        use checks).  The other filters are then applied in SQL to the block's matches."""
         assert query.pattern is not None
         low_id, high_id = conn.execute("SELECT min(id), max(id) FROM jobs").fetchone()
         if low_id is None:
             return []
         top = min(high_id + 1, query.before) if query.before is not None else high_id + 1
-        window, found = 4096, []
+        found: list[int] = []
         deadline = time.monotonic() + _SEARCH_BUDGET
-        conditions = " AND ".join([*where, "id >= ?", "id < ?"])
-        sql = (f"SELECT group_concat(line, char(10)) FROM (SELECT {_SEARCH_TEXT} AS line FROM jobs"
-               f" WHERE {conditions} ORDER BY id DESC)")
-        while top > low_id and len(found) <= query.limit:
+        block = (top - 1) // _BLOCK
+        while block >= low_id // _BLOCK and len(found) <= query.limit:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the search took longer than {_SEARCH_BUDGET:g} s; narrow it with filters")
-            bottom = max(low_id, top - window)
-            text = conn.execute(sql, (*args, bottom, top)).fetchone()[0]
-            if text:
-                last_line = -1
-                for match in query.pattern.finditer(text):
-                    line = text.rfind("\n", 0, match.start()) + 1        # type: ignore[attr-defined]
-                    if line != last_line:
-                        last_line = line
-                        found.append(int(text[line + 1:text.index(" ", line)]))
-                        if len(found) > query.limit:
-                            break
-            top = bottom
-            window = min(window * 8, 1 << 18)
+            bottom, ceiling = block * _BLOCK, min((block + 1) * _BLOCK, top)
+            matches = [i for i in self._matches(self._block_text(conn, block), query.pattern) if i < ceiling]
+            if matches and where:
+                marks = ",".join("?" * len(matches))
+                allowed = {r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE id IN ({marks}) AND "
+                                                      + " AND ".join(where), (*matches, *args))}
+                matches = [i for i in matches if i in allowed]
+            found += matches[:query.limit + 1 - len(found)]
+            block -= 1
         return found
+
+    def warm_search_cache(self) -> None:
+        """Build the search text of every block of finished jobs (at start-up, in the
+        background, so the first search is as fast as the next)."""
+        conn = self._conn()
+        low_id, high_id = conn.execute("SELECT min(id), max(id) FROM jobs").fetchone()
+        if low_id is None:
+            return
+        for block in range(high_id // _BLOCK, low_id // _BLOCK - 1, -1):
+            self._block_text(conn, block)
+            if self._cache_chars >= _CACHE_CHARS:
+                return
+
+    @staticmethod
+    def _matches(text: str | None, pattern: Any) -> list[int]:
+        """Ids of the lines of ``text`` (``#id ...`` per line) that ``pattern`` matches."""
+        ids: list[int] = []
+        if not text:
+            return ids
+        last_line = -1
+        for match in pattern.finditer(text):
+            line = text.rfind("\n", 0, match.start()) + 1
+            if line != last_line:
+                last_line = line
+                ids.append(int(text[line + 1:text.index(" ", line)]))
+        return ids
+
+    def _block_text(self, conn: sqlite3.Connection, block: int) -> str | None:
+        """The search lines of the jobs with ids in ``block``, newest first."""
+        low, high = block * _BLOCK, (block + 1) * _BLOCK
+        count, total = conn.execute("SELECT count(*), total(id) FROM jobs WHERE id >= ? AND id < ?",
+                                    (low, high)).fetchone()
+        with self._cache_lock:
+            cached = self._search_cache.get(block)
+        if cached is not None and cached[0] == (count, total):
+            return cached[1]
+        text = conn.execute(f"SELECT group_concat(line, char(10)) FROM (SELECT {_SEARCH_TEXT} AS line FROM jobs"
+                            " WHERE id >= ? AND id < ? ORDER BY id DESC)", (low, high)).fetchone()[0]
+        unfinished = conn.execute("SELECT count(*) FROM jobs WHERE id >= ? AND id < ? AND status IN"
+                                  " ('queued', 'running')", (low, high)).fetchone()[0]
+        if not unfinished and text:
+            with self._cache_lock:
+                previous = self._search_cache.pop(block, None)
+                self._cache_chars -= len(previous[1]) if previous else 0
+                if self._cache_chars + len(text) <= _CACHE_CHARS:
+                    self._search_cache[block] = ((count, total), text)
+                    self._cache_chars += len(text)
+        return text
 
     def job(self, job_id: int) -> JobRecord | None:
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

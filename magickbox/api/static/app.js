@@ -42,6 +42,14 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   });
 
+  // a whole job row opens the job (the #id link still works with the keyboard)
+  document.querySelectorAll("tr.row[data-job]").forEach((row) => {
+    row.addEventListener("click", (ev) => {
+      if (ev.target.closest("a")) return;
+      window.location.href = "/ui/jobs/" + row.dataset.job;
+    });
+  });
+
   const live = document.querySelector("[data-autorefresh]");
   if (live) {
     const timer = window.setTimeout(() => window.location.reload(), 1000 * Number(live.dataset.autorefresh));
