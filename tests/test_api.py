@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import ssl
 import stat
 import subprocess
 import time
@@ -550,3 +551,29 @@ def test_schemathesis_finds_no_server_error(tmp_path):
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-3000:]
     assert "Traceback" not in log and " 500" not in log, log[-3000:]
     assert "passed" in summary or "No issues found" in summary, summary
+
+
+def test_https_with_tls_cert_and_key(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    data = tmp_path / "node"
+    node = MagickboxProcess(data, config={"data_dir": str(data),
+                                          "http": {"tls_cert": str(cert), "tls_key": str(key)}})
+    node.start()
+    try:
+        url = f"https://127.0.0.1:{node.http_port}"
+        trusted = ssl.create_default_context(cafile=str(cert))
+        assert httpx.get(f"{url}/api/health", verify=trusted).json()["node"] == "testnode"
+        assert httpx.get(f"{url}/api/jobs", verify=trusted).status_code == 401
+        login = httpx.post(f"{url}/ui/login", data={"token": node.token}, verify=trusted)
+        assert login.status_code == 303 and "Secure" in login.headers["set-cookie"]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{node.http_port}/api/health", timeout=5)     # no plain HTTP
+    finally:
+        node.stop()
+    (tmp_path / "bad.toml").write_text(f'[http]\ntls_cert = "{cert}"\n')
+    bad = subprocess.run([MAGICKBOX, "serve", "--data-dir", str(data), "--config", str(tmp_path / "bad.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "http.tls_key" in bad.stderr
