@@ -189,3 +189,13 @@ def test_mb_progress_bars_and_usage_errors(nodes, tmp_path):
     bad = mb(env, "list", "(unclosed", check=False)
     assert bad.returncode == 1 and "not a valid regular expression" in bad.stderr
     assert mb(env, "push", "ProcX", str(tmp_path / "nothing-here"), check=False).returncode == 2
+
+
+def test_mb_imports_nothing_of_the_node():
+    import sys
+    probe = ("import sys, magickbox.client.cli; "
+             "print(sorted(m for m in sys.modules if m.startswith(('magickbox', 'stability_collector', 'fastapi', "
+             "'uvicorn', 'pydicom', 'pynetdicom'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert json.loads(loaded.replace("'", '"')) == ["magickbox", "magickbox.client", "magickbox.client.cli",
+                                                    "magickbox.client.config", "magickbox.client.remote"]

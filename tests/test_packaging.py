@@ -17,10 +17,13 @@ def test_wheel_contains_packages_data_and_console_scripts(tmp_path):
         names = set(zf.namelist())
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     for required in ("stability_collector/report.py", "stability_collector/data/graphite/storage-schemas.conf",
-                     "stability_collector/data/graphite/storage-aggregation.conf", "magickbox/cli.py"):
+                     "stability_collector/data/graphite/storage-aggregation.conf", "magickbox/cli.py",
+                     "magickbox/api/templates/job.html", "magickbox/api/static/app.js", "magickbox/api/static/app.css",
+                     "magickbox/client/cli.py"):
         assert required in names
     assert "hops-stability = stability_collector.cli:main" in entry_points
     assert "magickbox = magickbox.cli:main" in entry_points
+    assert "mb = magickbox.client.cli:main" in entry_points
     assert not any(n.startswith("tests/") for n in names)
 
 
@@ -43,6 +46,7 @@ def test_readme_install_paths_work_in_a_clean_environment(tmp_path):
     run(py, "-m", "pip", "install", "-q", str(REPO))
     assert "usage: hops-stability" in run(str(venv / "bin" / "hops-stability"), "--help")
     assert "usage: magickbox" in run(str(venv / "bin" / "magickbox"), "--help")
+    assert "usage: mb" in run(str(venv / "bin" / "mb"), "--help")
     # the installed package, not the clone, is what gets imported
     where = run(py, "-c", "import stability_collector, magickbox; print(stability_collector.__file__)",
                 cwd=str(tmp_path))
