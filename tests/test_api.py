@@ -40,6 +40,9 @@ echo '[{"success": "success", "message": "slow done"}]' > "$2/proc.json"
 BIG_SCRIPT = """truncate -s 2G "$2/big.bin"
 echo '[{"success": "success", "message": "2 GiB written"}]' > "$2/proc.json"
 """
+CHATTY_SCRIPT = """i=0; while [ $i -lt 60000 ]; do echo "log line $i of a chatty bucket ....................................."; i=$((i+1)); done
+echo '[{"success": "success", "message": "chatty"}]' > "$2/proc.json"
+"""
 
 
 def zip_of(files: list[Path], names: list[str] | None = None) -> bytes:
@@ -94,6 +97,7 @@ def node(tmp_path_factory):
     process_bucket(buckets, "ProcFail", FAIL_SCRIPT)
     process_bucket(buckets, "ProcSlow", SLOW_SCRIPT)
     process_bucket(buckets, "ProcBig", BIG_SCRIPT)
+    process_bucket(buckets, "ProcChatty", CHATTY_SCRIPT)
     node = MagickboxProcess(data, quiet_seconds=0.5, config={"data_dir": str(data), "http": {"max_upload_mb": 20}})
     node.start()
     node.read_token = make_token(data, "reader", "read")
@@ -238,6 +242,19 @@ def test_upload_runs_the_bucket_and_the_output_zip_streams_back(node, admin):
         assert pydicom.dcmread(io.BytesIO(zf.read(dicoms[0]))).PatientName == PATIENT_NAME
     assert admin.get(f"/api/jobs/{job['id']}/log").text.startswith("start ")
     assert admin.get(f"/api/jobs/{job['id']}/log", params={"tail": 12}).text == "second line\n"
+
+
+def test_a_large_log_is_streamed_whole_or_its_tail(node, admin, tmp_path):
+    make_study(tmp_path / "s", 1)
+    job = admin.wait_final(admin.push("ProcChatty", tmp_path / "s")["jobs"][0]["id"])
+    assert job["status"] == "success" and job["log_size"] > 4 << 20
+    whole = admin.get(f"/api/jobs/{job['id']}/log")
+    assert "content-length" not in whole.headers and len(whole.content) == job["log_size"]
+    lines = whole.text.splitlines()
+    assert len(lines) == 60000 and lines[-1].startswith("log line 59999 ")
+    assert admin.get(f"/api/jobs/{job['id']}/log", params={"tail": 300}).text.splitlines()[-1] == lines[-1]
+    events = admin.get(f"/api/jobs/{job['id']}/log/events").text         # the last 256 KiB, then the end
+    assert "bytes are left out" in events and "data: " + lines[-1] in events and "data: " + lines[0] not in events
 
 
 def test_a_failed_job_says_why(node, admin):

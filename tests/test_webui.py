@@ -200,8 +200,8 @@ def test_web_ui_in_headless_chromium(node, browser, tmp_path):
     text.clear()
     text.send_keys('{"routing": [{"name": "broken", "send": []}]}')
     browser.find_element(By.ID, "save-routing").click()
-    assert "needs 'AETitleIn' or 'AETitleFrom'" in browser.find_element(By.ID, "routing-error").text \
-        or "rule 0" in browser.find_element(By.ID, "routing-error").text
+    error = wait_for(lambda: browser.find_element(By.ID, "routing-error").text, what="the routing error")
+    assert error.startswith("Not saved: routing.json: rule 0"), error
     assert "ProcOK results to PACS" in (node.data_dir / "routing.json").read_text()    # not saved
     browser.get(node.url + "/ui/routing")
     shot("routing")

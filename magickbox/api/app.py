@@ -26,7 +26,7 @@ from .. import __version__
 from . import models as m
 from .search import SearchPatternError, compile_search
 from .store import FINAL_STATUSES, InstanceRejected, JobQuery, JobRecord, NodeStore, StoreConflict
-from .streams import log_events, zip_stream
+from .streams import file_part, log_events, zip_stream
 from .tokens import TokenInfo, TokenStore
 from .uploads import NotPart10, UploadLimits, UploadRejected, check_archive, read_file_meta
 
@@ -391,21 +391,18 @@ def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None
                 tail: Annotated[int | None, Query(ge=1, le=1 << 30, description="only the last BYTES")] = None
                 ) -> Response:
         existing_job(job_id)
+        return log_text(job_id, tail)
+
+    def log_text(job_id: int, tail: int | None = None) -> Response:
+        """processing.log as it is now (the last ``tail`` bytes), streamed when large."""
         path = store.log_path(job_id)
         if path is None:
             return PlainTextResponse("")
         size = path.stat().st_size
         start = max(0, size - tail) if tail else 0
-        if size - start > 64 << 20:
-            def chunks() -> Any:
-                with open(path, "rb") as fh:
-                    fh.seek(start)
-                    while data := fh.read(1 << 20):
-                        yield data
-            return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8")
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            return PlainTextResponse(fh.read().decode("utf-8", "replace"))
+        if size - start > 4 << 20:
+            return StreamingResponse(file_part(path, start, size), media_type="text/plain; charset=utf-8")
+        return PlainTextResponse(b"".join(file_part(path, start, size)).decode("utf-8", "replace"))
 
     @app.get("/api/jobs/{job_id}/log/events", tags=["jobs"],
              responses={**errors, **not_found, 200: {"content": {"text/event-stream": {}}}},
@@ -479,6 +476,7 @@ def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None
 
     from .ui import mount_ui
     mount_ui(app, state, job_detail=job_detail, node_status=node_status, routing_view=routing_view,
-             validate_routing=validate_routing, event_stream=event_stream, zip_response=zip_response)
+             validate_routing=validate_routing, event_stream=event_stream, zip_response=zip_response,
+             log_text=log_text)
 
     return app

@@ -24,7 +24,7 @@ from typing import AsyncIterator, Callable, Iterable, Iterator
 
 from .store import FileEntry, NodeStore
 
-__all__ = ["zip_stream", "log_events", "CHUNK"]
+__all__ = ["zip_stream", "log_events", "file_part", "CHUNK"]
 
 CHUNK = 1 << 20
 _ZIP64_ABOVE = (1 << 31) - 1
@@ -84,6 +84,19 @@ def zip_stream(files: Iterable[FileEntry], root: str) -> Iterator[bytes]:
                         yield sink.take()
             yield sink.take()
     yield sink.take()
+
+
+def file_part(path: str | os.PathLike[str], start: int, end: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``end`` of a file (one that may still grow), in chunks."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = end - start
+        while left > 0:
+            data = fh.read(min(CHUNK, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data
 
 
 def _sse(event: str, lines: Iterable[str]) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import jinja2
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
@@ -151,7 +151,8 @@ STATUS_HELP = {
 
 def mount_ui(app: FastAPI, state: Any, *, job_detail: Callable[..., Any], node_status: Callable[..., Any],
              routing_view: Callable[..., Any], validate_routing: Callable[[str], None],
-             event_stream: Callable[[int], Response], zip_response: Callable[..., Response]) -> None:
+             event_stream: Callable[[int], Response], zip_response: Callable[..., Response],
+             log_text: Callable[[int], Response]) -> None:
     store = state.store
     sessions = Sessions(state.tokens)
     state.sessions = sessions
@@ -313,9 +314,7 @@ def mount_ui(app: FastAPI, state: Any, *, job_detail: Callable[..., Any], node_s
     def job_log_text(request: Request, job_id: int) -> Response:
         session_of(request, page=False)
         job_or_404(job_id)
-        path = store.log_path(job_id)
-        text = path.read_bytes().decode("utf-8", "replace") if path is not None else ""
-        return PlainTextResponse(text)
+        return log_text(job_id)
 
     @app.get("/ui/jobs/{job_id}/log/events", include_in_schema=False)
     def job_log_stream(request: Request, job_id: int) -> Response:
