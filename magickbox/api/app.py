@@ -248,7 +248,7 @@ def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None
     def health() -> m.Health:
         return m.Health(node=store.node_name, dicom_port=store.dicom_port, http_port=store.http_port,
                         pending_studies=store.pending_study_count(), jobs=store.job_counts(),
-                        buckets_error=store.buckets_error())
+                        dicom_connections=store.dicom_connections(), buckets_error=store.buckets_error())
 
     @app.get("/api/openapi.json", include_in_schema=False)
     def openapi(_: TokenInfo = Depends(reader)) -> JSONResponse:

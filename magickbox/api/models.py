@@ -93,6 +93,7 @@ class Health(BaseModel):
     http_port: int | None
     pending_studies: int
     jobs: dict[str, int]
+    dicom_connections: dict[str, Any] | None = Field(None, description="DICOM connections now, by state")
     buckets_error: str | None
 
 

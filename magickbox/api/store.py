@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 __all__ = ["NodeStore", "JobRecord", "BucketRecord", "JobQuery", "StoreConflict", "InstanceRejected",
            "JOB_STATUSES", "FINAL_STATUSES", "ACTIVE_STATUSES"]
@@ -129,7 +129,8 @@ class NodeStore:
 
     def __init__(self, *, data_dir: Path, node_name: str, db: Any, registry: Any, archive: Any, series: Any,
                  header_reader: Any, lenient_uids: bool = False, dicom_ae_title: str = "",
-                 dicom_port: int | None = None, http_port: int | None = None):
+                 dicom_port: int | None = None, http_port: int | None = None,
+                 connection_counts: Callable[[], dict[str, int]] | None = None):
         self.data_dir = Path(data_dir)
         self.node_name = node_name
         self.db = db
@@ -141,6 +142,7 @@ class NodeStore:
         self.dicom_ae_title = dicom_ae_title
         self.dicom_port = dicom_port
         self.http_port = http_port
+        self._connection_counts = connection_counts
         self.db_path = Path(db.path)
         self.routing_path = self.data_dir / "routing.json"
         self.quarantine_dir = self.data_dir / "quarantine" / "uploads"
@@ -156,7 +158,8 @@ class NodeStore:
         return cls(data_dir=node.config.data_dir, node_name=node.config.node_name, db=node.db,
                    registry=node.registry, archive=node.archive, series=node.series,
                    header_reader=node.receiver.reader, lenient_uids=node.config.dicom.uid_grammar == "lenient",
-                   dicom_ae_title=node.config.dicom.ae_title, dicom_port=node.dicom_port)
+                   dicom_ae_title=node.config.dicom.ae_title, dicom_port=node.dicom_port,
+                   connection_counts=getattr(getattr(node.receiver, "guard", None), "counts", None))
 
     # -- plumbing --------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -203,6 +206,10 @@ class NodeStore:
 
     def pending_study_count(self) -> int:
         return self._conn().execute("SELECT count(*) FROM pending_studies").fetchone()[0]
+
+    def dicom_connections(self) -> dict[str, int] | None:
+        """The receiver's connection counts (pending, associated ...), where it keeps them."""
+        return self._connection_counts() if self._connection_counts is not None else None
 
     def buckets_error(self) -> str | None:
         return self.registry.last_error
