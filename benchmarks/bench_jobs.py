@@ -54,6 +54,8 @@ def main() -> int:
             wait_for_port(gport, proc=gearmand, what="gearmand")
             config += f'[gearman]\nservers = ["127.0.0.1:{gport}"]\n'
         (base / "node.toml").write_text(config)
+        from magickbox.api.tokens import TokenStore
+        auth = {"Authorization": f"Bearer {TokenStore(data).create('bench', 'read')}"}
         dport, hport = free_port(), free_port()
         node = subprocess.Popen([MAGICKBOX, "serve", "--data-dir", str(data), "--config", str(base / "node.toml"),
                                  "--dicom-port", str(dport), "--dicom-host", "127.0.0.1", "--http-port", str(hport),
@@ -64,12 +66,14 @@ def main() -> int:
                 send(dport, "NOOP", generate_study(base / f"s{i}", 1, 10))
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{hport}/api/jobs") as resp:
+                    with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{hport}/api/jobs",
+                                                                       headers=auth)) as resp:
                         jobs = json.load(resp)
                     if len(jobs) == i + 1 and jobs[0]["status"] not in ("queued", "running"):
                         break
                     time.sleep(0.05)
-            with urllib.request.urlopen(f"http://127.0.0.1:{hport}/api/jobs") as resp:
+            with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{hport}/api/jobs",
+                                                               headers=auth)) as resp:
                 jobs = json.load(resp)
         finally:
             stop(node)

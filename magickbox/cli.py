@@ -7,6 +7,7 @@
     magickbox jobs --data-dir DIR [--status S] [--cancel ID]
     magickbox route test JOB|DIR [--success VALUE] | route echo HOST:PORT AETITLE
     magickbox qa phantom|analyse|install|bucket-dir ...   (phantom QA, see magickbox.qa.cli)
+    magickbox tokens create|revoke|list --data-dir DIR [--role read|admin] [NAME]
 
 Exit codes: 0 normal shutdown, 2 configuration error (the message names the key).
 """
@@ -31,12 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"magickbox {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("serve", help="run the node (DICOM receiver, study completion, status API)")
+    p = sub.add_parser("serve", help="run the node (DICOM receiver, jobs, web UI and REST API)")
     p.add_argument("--config", metavar="FILE", help="TOML or YAML config file (flags override it)")
     p.add_argument("--data-dir", metavar="DIR", help="archive, job store and buckets live here")
     p.add_argument("--dicom-port", type=int, metavar="PORT", help="DICOM port (default 11112; 0 = any free)")
     p.add_argument("--dicom-host", metavar="ADDR", help="listen address (default 0.0.0.0)")
-    p.add_argument("--http-port", type=int, metavar="PORT", help="HTTP port (default 8000; 0 = any free)")
+    p.add_argument("--http-port", type=int, metavar="PORT",
+                   help="web UI and REST API port (default 8000; 0 = any free)")
     p.add_argument("--node-name", help="metric path node (default: host name)")
     p.add_argument("--graphite", metavar="HOST:PORT", help="send node metrics to this carbon")
     p.add_argument("--quiet-seconds", type=float, help="study complete after this long without instances")
@@ -109,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .qa.cli import add_qa_parser
     add_qa_parser(sub)
+    p = sub.add_parser("tokens", help="tokens for the REST API, the web UI and mb: create, revoke, list")
+    tsub = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    for action, help_text in (("create", "make a token (printed once; only its hash is kept)"),
+                              ("revoke", "revoke a token at once (also in a running node)"),
+                              ("list", "tokens by name and role")):
+        tp = tsub.add_parser(action, help=help_text)
+        tp.add_argument("--data-dir", metavar="DIR", required=True, help="the node's data directory")
+        if action != "list":
+            tp.add_argument("name", metavar="NAME", help="who or what uses it, e.g. alice or grafana")
+        if action == "create":
+            tp.add_argument("--role", choices=("read", "admin"), default="read",
+                            help="read: look and download outputs; admin: also push, cancel, re-run, remove, "
+                                 "download inputs, edit routing (default read)")
     return parser
 
 
@@ -292,6 +307,31 @@ def cmd_route(args: argparse.Namespace) -> int:
           f"series types {sorted(types)}; rules from {table.source}")
     for line in table.explain(ctx, me=_host_port(args.me)):
         print(line)
+def cmd_tokens(args: argparse.Namespace) -> int:
+    import time
+
+    from .api.tokens import TokenError, TokenStore
+
+    store = TokenStore(Path(args.data_dir))
+    try:
+        if args.token_command == "create":
+            token = store.create(args.name, args.role)
+            print(token)
+            print(f"token {args.name!r} ({args.role}) created; it is shown only now. Use it in the web UI, "
+                  f"with mb (mb machines add URL --token-stdin), or as 'Authorization: Bearer <token>'.",
+                  file=sys.stderr)
+        elif args.token_command == "revoke":
+            gone = store.revoke(args.name)
+            print(f"token {gone.name!r} ({gone.role}) revoked")
+        else:
+            tokens = store.list()
+            if not tokens:
+                print(f"no tokens in {store.path}")
+            for t in tokens:
+                print(f"{t.name:<24} {t.role:<6} created {time.strftime('%Y-%m-%d %H:%M', time.localtime(t.created))}")
+    except TokenError as exc:
+        print(f"magickbox tokens: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -310,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .qa.cli import qa_main
             return qa_main(args)
         return {"serve": cmd_serve, "worker": cmd_worker, "buckets": cmd_buckets, "backfill": cmd_backfill,
-                "jobs": cmd_jobs, "route": cmd_route}[args.command](args)
+                "jobs": cmd_jobs, "route": cmd_route, "tokens": cmd_tokens}[args.command](args)
     except (ConfigError, RulesError) as exc:
         print(f"magickbox: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -42,6 +42,9 @@ Validated at start-up; every error names the key (``dicom.port: expected an inte
     [http]
     host = "127.0.0.1"
     port = 8000
+    max_upload_mb = 4096               # largest study zip accepted by POST /api/jobs (mb push)
+    tls_cert = ""                      # PEM certificate and key: serve HTTPS (or use a reverse proxy)
+    tls_key = ""
 
     [graphite]
     address = ""                       # HOST:PORT of carbon; empty: no node metrics
@@ -141,6 +144,9 @@ class NodeConfig:
     dicom: DicomConfig = field(default_factory=DicomConfig)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    http_max_upload_mb: int = 4096
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
     graphite: GraphiteAddress | None = None
     graphite_interval: float = 10.0
     gearman_servers: tuple[tuple[str, int], ...] = ()
@@ -322,7 +328,16 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
         access=access,
         tls=tls,
     )
-    h = _table("http", top.get("http", {}), {"host", "port"})
+    h = _table("http", top.get("http", {}), {"host", "port", "max_upload_mb", "tls_cert", "tls_key"})
+    http_tls = {}
+    for k in ("tls_cert", "tls_key"):
+        if h.get(k):
+            http_tls[k] = path(f"http.{k}", h[k])
+            if not http_tls[k].is_file():
+                raise ConfigError(f"http.{k}", f"file not found: {http_tls[k]}")
+    if len(http_tls) == 1:
+        missing = ({"tls_cert", "tls_key"} - set(http_tls)).pop()
+        raise ConfigError(f"http.{missing}", "missing (both tls_cert and tls_key are needed for HTTPS)")
     g = _table("graphite", top.get("graphite", {}), {"address", "interval"})
     address = _str("graphite.address", g.get("address", ""))
     gm = _table("gearman", top.get("gearman", {}), {"servers", "resubmit_after"})
@@ -350,6 +365,9 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
         dicom=dicom,
         http_host=_str("http.host", h.get("host", "127.0.0.1")),
         http_port=_int("http.port", h.get("port", 8000), 0, 65535),
+        http_max_upload_mb=_int("http.max_upload_mb", h.get("max_upload_mb", 4096), 1, 1 << 24),
+        http_tls_cert=http_tls.get("tls_cert"),
+        http_tls_key=http_tls.get("tls_key"),
         graphite=GraphiteAddress.parse(address, "graphite.address") if address else None,
         graphite_interval=_float("graphite.interval", g.get("interval", 10.0), 0.5),
         **kwargs,

@@ -2,8 +2,8 @@
 
 receive (:mod:`.receiver`) → archive (:mod:`.store`) → classify (:mod:`.series`) →
 complete (:mod:`.studies`) → job record (:mod:`.db`) → queue (:mod:`.dispatch`, gearman) →
-run (:mod:`.worker`, :mod:`.runners`); node metrics (:mod:`.telemetry`) and a read-only
-status API (:mod:`.web`).
+run (:mod:`.worker`, :mod:`.runners`); node metrics (:mod:`.telemetry`) and the REST API
+and web UI (:mod:`.api`).
 """
 from __future__ import annotations
 
@@ -113,8 +113,11 @@ class Node:
         self.tracker.start()
         self.telemetry.start()
         self.dicom_port = self.receiver.start()
-        from .web import StatusServer
-        self.web = StatusServer(self, self.config.http_host, self.config.http_port)
+        from .api.server import HttpServer
+        from .api.uploads import UploadLimits
+        self.web = HttpServer(self, self.config.http_host, self.config.http_port,
+                              UploadLimits(max_upload=self.config.http_max_upload_mb << 20),
+                              cert=self.config.http_tls_cert, key=self.config.http_tls_key)
         self.http_port = self.web.start()
 
     def stop(self) -> None:

@@ -118,9 +118,13 @@ class MagickboxProcess:
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.token: str | None = None        # an admin API token, made at the first start
 
     def start(self, wait: bool = True) -> "MagickboxProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.token is None:
+            from magickbox.api.tokens import TokenStore
+            self.token = TokenStore(self.data_dir).create(f"tests-{os.urandom(4).hex()}", "admin")
         args = [MAGICKBOX, "serve", "--data-dir", str(self.data_dir), "--dicom-port", str(self.dicom_port),
                 "--dicom-host", "127.0.0.1", "--http-port", str(self.http_port),
                 "--quiet-seconds", str(self.quiet_seconds), "--node-name", "testnode", *self.extra_args]
@@ -151,12 +155,18 @@ class MagickboxProcess:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
     def api(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as resp:
+        request = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
             return json.load(resp)
 
     def jobs(self) -> list[dict]:
-        return sorted(self.api("/api/jobs"), key=lambda j: j["id"])
+        """Every job with its detail (the list leaves study UIDs out; an admin's detail has them)."""
+        return [self.api(f"/api/jobs/{j['id']}") for j in sorted(self.api("/api/jobs"), key=lambda j: j["id"])]
 
     def wait_jobs(self, count: int, timeout: float = 60) -> list[dict]:
         deadline = time.monotonic() + timeout

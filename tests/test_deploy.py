@@ -56,7 +56,7 @@ def test_compose_services_ports_and_mounts():
 
 def test_commands_in_compose_and_units_exist():
     scripts = set(re.findall(r'"([a-z-]+) = [a-z_.]+:main"', (REPO / "setup.py").read_text()))
-    assert scripts == {"hops-stability", "magickbox", "hops-qa"}
+    assert scripts == {"hops-stability", "magickbox", "hops-qa", "mb"}
     for service in _compose()["services"].values():
         if "command" in service:
             assert service["command"][0] in scripts

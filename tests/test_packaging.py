@@ -19,7 +19,9 @@ def test_wheel_contains_packages_data_and_console_scripts(tmp_path):
     for required in ("stability_collector/report.py", "stability_collector/data/graphite/storage-schemas.conf",
                      "stability_collector/data/graphite/storage-aggregation.conf", "magickbox/cli.py",
                      "magickbox/qa/fbirn.py", "magickbox/qa/procqa/info.json", "magickbox/qa/procqa/work.sh",
-                     "magickbox/qa/procqa/Dockerfile"):
+                     "magickbox/qa/procqa/Dockerfile",
+                     "magickbox/api/templates/job.html", "magickbox/api/static/app.js", "magickbox/api/static/app.css",
+                     "magickbox/client/cli.py"):
         assert required in names
     with zipfile.ZipFile(wheel) as zf:          # the shipped bucket's entry point stays executable
         assert (zf.getinfo("magickbox/qa/procqa/work.sh").external_attr >> 16) & 0o111
@@ -27,6 +29,7 @@ def test_wheel_contains_packages_data_and_console_scripts(tmp_path):
     assert "magickbox = magickbox.cli:main" in entry_points
     assert "hops-qa = stability_collector.qa.cli:main" in entry_points
     assert "stability_collector/qa/evaluate.py" in names
+    assert "mb = magickbox.client.cli:main" in entry_points
     assert not any(n.startswith("tests/") for n in names)
 
 
@@ -49,6 +52,7 @@ def test_readme_install_paths_work_in_a_clean_environment(tmp_path):
     run(py, "-m", "pip", "install", "-q", str(REPO))
     assert "usage: hops-stability" in run(str(venv / "bin" / "hops-stability"), "--help")
     assert "usage: magickbox" in run(str(venv / "bin" / "magickbox"), "--help")
+    assert "usage: mb" in run(str(venv / "bin" / "mb"), "--help")
     # the installed package, not the clone, is what gets imported
     where = run(py, "-c", "import stability_collector, magickbox; print(stability_collector.__file__)",
                 cwd=str(tmp_path))

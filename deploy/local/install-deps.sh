@@ -6,6 +6,7 @@
 #   gearman-job-server gearman-tools                 - gearmand with its sqlite queue
 #   podman runc busybox-static                       - containers for buckets (docker API)
 #   orthanc                                          - a real PACS peer in tests (routing destination)
+#   chromium chromium-driver                         - headless browser for the web UI test (selenium)
 #   python3-venv                                     - the project's virtual environment
 set -euo pipefail
 PACKAGES=(
@@ -14,6 +15,7 @@ PACKAGES=(
   dcmtk gearman-job-server gearman-tools
   podman runc busybox-static
   orthanc
+  chromium chromium-driver
   gcc libc6-dev
   netcat-openbsd
 )

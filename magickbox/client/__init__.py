@@ -1,0 +1,1 @@
+"""``mb``: the command-line client of magickbox nodes (HTTP only; imports nothing of the node)."""
