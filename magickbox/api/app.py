@@ -165,6 +165,27 @@ def ingest_upload(state: ApiState, spooled: Path, bucket_ae: str, sender: str, c
                           instances=sum(studies.values()), skipped=skipped, quarantined=bool(skipped))
 
 
+class HeadAsGet:
+    """ASGI middleware: ``HEAD`` is answered like ``GET`` without the body (same status
+    and headers, including Content-Length), for every GET route."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def send_headers_only(message):
+            if message["type"] == "http.response.body":
+                if not message.get("more_body"):
+                    await send({"type": "http.response.body", "body": b""})
+                return
+            await send(message)
+
+        return await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+
+
 def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None = None) -> FastAPI:
     state = ApiState(store, tokens, limits or UploadLimits())
     app = FastAPI(title="magickbox node", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
@@ -479,4 +500,5 @@ def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None
              validate_routing=validate_routing, event_stream=event_stream, zip_response=zip_response,
              log_text=log_text)
 
+    app.add_middleware(HeadAsGet)
     return app

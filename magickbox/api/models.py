@@ -42,6 +42,8 @@ class JobSummary(BaseModel):
     instance_count: int
     follow_up_of: int | None = None
     bucket_version: str | None = None
+    input_scope: str = Field("delivered", description="the job's input: what its association delivered "
+                                                       "(delivered) or the whole archived study (study)")
 
     @classmethod
     def of(cls, job: JobRecord) -> "JobSummary":

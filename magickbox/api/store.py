@@ -35,7 +35,7 @@ from ..db import FINAL_STATUSES, JOB_STATUSES  # noqa: E402  (the status vocabul
 ACTIVE_STATUSES = ("queued", "running")
 _LIST_COLUMNS = ("id", "bucket_ae", "calling_ae", "caller_ip", "source", "received", "completed", "series_count",
                  "instance_count", "follow_up_of", "status", "created", "started", "finished", "worker", "exit_code",
-                 "log_size", "message", "attempts", "bucket_version", "committed")
+                 "log_size", "message", "attempts", "bucket_version", "committed", "input_scope")
 #: what a search pattern is matched against: one line per job, in this order (never the
 #: study UID; dates have their own filters)
 SEARCHED_FIELDS = ("#id", "bucket_ae", "calling_ae", "caller_ip", "status", "source", "worker", "message")
@@ -80,6 +80,7 @@ class JobRecord:
     instance_count: int
     follow_up_of: int | None
     bucket_version: str | None
+    input_scope: str = "delivered"     # what the job's input holds: "delivered" or "study"
     study_uid: str = field(default="", repr=False)
     classification: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
@@ -184,7 +185,8 @@ class NodeStore:
             completed=d["completed"], created=d["created"], started=d["started"], finished=d["finished"],
             committed=d.get("committed"), worker=d["worker"], exit_code=d["exit_code"], attempts=d["attempts"],
             log_size=d["log_size"], series_count=d["series_count"], instance_count=d["instance_count"],
-            follow_up_of=d["follow_up_of"], bucket_version=d["bucket_version"], study_uid=d.get("study_uid", ""),
+            follow_up_of=d["follow_up_of"], bucket_version=d["bucket_version"],
+            input_scope=d.get("input_scope") or "delivered", study_uid=d.get("study_uid", ""),
             classification=json.loads(classification) if isinstance(classification, str) else {})
 
     # -- node ------------------------------------------------------------------------------
