@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_receive import MAGICKBOX, stop  # noqa: E402
 from magickbox.api.tokens import TokenStore  # noqa: E402
 from magickbox.db import Database  # noqa: E402
+from magickbox.layout import DataLayout  # noqa: E402
 from stability_collector.localgraphite import free_port, wait_for_port  # noqa: E402
 
 TARGET = 0.2
@@ -85,9 +86,9 @@ def main() -> int:
     data = base / "node"
     data.mkdir()
     started = time.perf_counter()
-    fill(data / "magickbox.sqlite", args.jobs)
+    fill(DataLayout.of(data).database, args.jobs)
     print(f"{args.jobs} jobs written in {time.perf_counter() - started:.1f} s")
-    token = TokenStore(data).create("bench", "read")
+    token = TokenStore(DataLayout.of(data).api_tokens).create("bench", "read")
     hport, dport = free_port(), free_port()
     node = subprocess.Popen([MAGICKBOX, "serve", "--data-dir", str(data), "--dicom-port", str(dport),
                              "--dicom-host", "127.0.0.1", "--http-port", str(hport), "--no-worker"],

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_receive import MAGICKBOX, generate_study, send, stop  # noqa: E402
+from magickbox.layout import DataLayout  # noqa: E402
 from magickbox.localpodman import Podman  # noqa: E402
 from stability_collector.localgraphite import free_port, wait_for_port  # noqa: E402
 
@@ -41,8 +42,9 @@ def main() -> int:
     try:
         image = podman.build_busybox_image()
         data = base / "node"
-        (data / "buckets" / "noop").mkdir(parents=True)
-        (data / "buckets" / "noop" / "info.json").write_text(json.dumps({
+        bucket = DataLayout.of(data).buckets / "noop"
+        bucket.mkdir(parents=True)
+        (bucket / "info.json").write_text(json.dumps({
             "name": "noop", "description": "", "version": "1", "AETitle": "NOOP", "license": "", "enabled": 1,
             "run": {"runner": "container", "image": image, "command": NOOP, "timeout": 60}}))
         config = f'[worker]\nengine = "{podman.url}"\n'
@@ -55,7 +57,7 @@ def main() -> int:
             config += f'[gearman]\nservers = ["127.0.0.1:{gport}"]\n'
         (base / "node.toml").write_text(config)
         from magickbox.api.tokens import TokenStore
-        auth = {"Authorization": f"Bearer {TokenStore(data).create('bench', 'read')}"}
+        auth = {"Authorization": f"Bearer {TokenStore(DataLayout.of(data).api_tokens).create('bench', 'read')}"}
         dport, hport = free_port(), free_port()
         node = subprocess.Popen([MAGICKBOX, "serve", "--data-dir", str(data), "--config", str(base / "node.toml"),
                                  "--dicom-port", str(dport), "--dicom-host", "127.0.0.1", "--http-port", str(hport),

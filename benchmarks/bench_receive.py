@@ -35,6 +35,7 @@ import pydicom  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
+from magickbox.layout import DataLayout  # noqa: E402
 from stability_collector.localgraphite import free_port, wait_for_port  # noqa: E402
 
 MAGICKBOX = shutil.which("magickbox", path=os.path.dirname(sys.executable)) or "magickbox"
@@ -97,8 +98,9 @@ def run_storescp(out: Path, shim: Path | None = None) -> tuple[subprocess.Popen,
 
 
 def run_magickbox(data: Path) -> tuple[subprocess.Popen, int]:
-    (data / "buckets" / "bench").mkdir(parents=True, exist_ok=True)
-    (data / "buckets" / "bench" / "info.json").write_text(
+    bucket = DataLayout.of(data).buckets / "bench"
+    bucket.mkdir(parents=True, exist_ok=True)
+    (bucket / "info.json").write_text(
         '{"name": "bench", "description": "", "version": "1", "AETitle": "BENCH", "license": "", "enabled": 1}')
     port = free_port()
     proc = subprocess.Popen([MAGICKBOX, "serve", "--data-dir", str(data), "--dicom-port", str(port),

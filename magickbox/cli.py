@@ -17,12 +17,41 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from stability_collector.metrics import ConfigError
 
 from . import __version__
 from .classify import RulesError
+
+if TYPE_CHECKING:
+    from .layout import DataLayout
+
+
+def data_options(parser: argparse.ArgumentParser, help_text: str = "the node's data directory",
+                  default: str | None = None) -> None:
+    """--config and --data-dir: every command that reads a node's data finds it the same way."""
+    parser.add_argument("--config", metavar="FILE", help="the node's config file (its data_dir, buckets_dir, ...)")
+    parser.add_argument("--data-dir", metavar="DIR", default=default,
+                        help=help_text + ("" if default is None else f" (default {default})"))
+
+
+def layout_from_args(args: argparse.Namespace) -> "DataLayout":
+    """The node's data layout from --config (with --data-dir overriding its data_dir) or
+    from --data-dir alone (default locations); --buckets-dir overrides the buckets."""
+    from .config import ConfigError, load_node_config
+
+    if getattr(args, "config", None):
+        layout = load_node_config(args.config, {"data_dir": args.data_dir if args.data_dir != "." else None}).layout
+    elif args.data_dir:
+        from .layout import DataLayout
+        layout = DataLayout.of(args.data_dir)
+    else:
+        raise ConfigError("data_dir", "give --data-dir DIR or --config FILE")
+    if getattr(args, "buckets_dir", None):
+        from dataclasses import replace
+        layout = replace(layout, buckets=Path(args.buckets_dir))
+    return layout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run buckets for jobs from gearman (any number, on any host)")
     p.add_argument("--gearman", metavar="HOST:PORT", action="append", required=True)
-    p.add_argument("--data-dir", metavar="DIR", required=True, help="the node's data root (shared between hosts)")
+    data_options(p, "the node's data root (shared between hosts)")
     p.add_argument("--buckets", metavar="AE,...", help="only these buckets (default: all enabled)")
     p.add_argument("--engine", metavar="URL", help="container engine (default $DOCKER_HOST or podman's socket)")
     p.add_argument("--worker-id", help="name in logs and job records (default host-pid)")
@@ -62,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                               ("remove", "take a bucket out of service (kept under .removed/)"),
                               ("enable", "accept studies for a bucket"), ("disable", "reject studies for a bucket")):
         bp = bsub.add_parser(action, help=help_text)
-        bp.add_argument("--data-dir", metavar="DIR", default=".", help="node data root (buckets in DIR/buckets)")
-        bp.add_argument("--buckets-dir", metavar="DIR", help="buckets directory (overrides --data-dir)")
+        data_options(bp, "node data root (buckets in DIR/buckets unless configured)", default=".")
+        bp.add_argument("--buckets-dir", metavar="DIR", help="buckets directory (overrides the configuration)")
         if action in ("create", "run", "remove", "enable", "disable"):
             bp.add_argument("name", metavar="NAME")
         if action == "create":
@@ -79,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backfill", help="run a bucket over archived studies")
     p.add_argument("bucket", metavar="BUCKET")
-    p.add_argument("--data-dir", metavar="DIR", required=True)
+    data_options(p)
     p.add_argument("--since", metavar="YYYY-MM-DD", help="studies on or after this StudyDate")
     p.add_argument("--until", metavar="YYYY-MM-DD", help="studies before this StudyDate")
     p.add_argument("--match", metavar="REGEX", help="search in study UID, descriptions and senders")
@@ -93,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(sends nothing)")
     rp.add_argument("target", metavar="JOB|DIR", help="a job id (with --data-dir) or a job directory "
                                                        "holding info.json (and proc.json)")
-    rp.add_argument("--data-dir", metavar="DIR", default=".", help="node data root (routing.json there)")
+    data_options(rp, "node data root (routing.json there)", default=".")
     rp.add_argument("--rules", metavar="FILE", help="routing rules (default DATA/routing.json)")
     rp.add_argument("--success", metavar="VALUE", help="pretend proc.json said this")
     rp.add_argument("--me", metavar="HOST:PORT", default="127.0.0.1:11112", help="what $me:$port stand for")
@@ -104,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--timeout", type=float, default=10.0)
 
     p = sub.add_parser("jobs", help="list jobs, or cancel one")
-    p.add_argument("--data-dir", metavar="DIR", required=True)
+    data_options(p)
     p.add_argument("--status", choices=("queued", "running", "success", "failed", "partial", "timeout",
                                         "cancelled"))
     p.add_argument("--cancel", metavar="ID", type=int, help="cancel a queued or running job")
@@ -117,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                               ("revoke", "revoke a token at once (also in a running node)"),
                               ("list", "tokens by name and role")):
         tp = tsub.add_parser(action, help=help_text)
-        tp.add_argument("--data-dir", metavar="DIR", required=True, help="the node's data directory")
+        data_options(tp)
         if action != "list":
             tp.add_argument("name", metavar="NAME", help="who or what uses it, e.g. alice or grafana")
         if action == "create":
@@ -156,7 +185,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     logging.getLogger("gear").setLevel(logging.WARNING)
     buckets = [b.strip() for b in args.buckets.split(",") if b.strip()] if args.buckets else None
-    worker = Worker(Path(args.data_dir), parse_servers(args.gearman), buckets, args.engine, args.worker_id)
+    worker = Worker(layout_from_args(args), parse_servers(args.gearman), buckets, args.engine, args.worker_id)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -168,15 +197,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _buckets_dir(args: argparse.Namespace) -> Path:
-    return Path(args.buckets_dir) if args.buckets_dir else Path(args.data_dir) / "buckets"
-
-
 def cmd_buckets(args: argparse.Namespace) -> int:
     from . import bucketadmin as ba
     from .buckets import BucketInfo
 
-    root = _buckets_dir(args)
+    root = layout_from_args(args).buckets
     action = args.bucket_command
     if action == "list":
         rows = ba.list_buckets(root)
@@ -217,11 +242,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from .db import Database
     from .store import DicomArchive
 
-    data = Path(args.data_dir)
-    bucket = find_bucket(data / "buckets", args.bucket)
-    db = Database(data / "magickbox.sqlite")
+    layout = layout_from_args(args)
+    bucket = find_bucket(layout.buckets, args.bucket)
+    db = Database(layout.database)
     try:
-        summary = backfill(db, DicomArchive(data), data / "views" / "raw", bucket,
+        summary = backfill(db, DicomArchive(layout), layout.series_views, bucket,
                            since=parse_day(args.since) if args.since else None,
                            until=parse_day(args.until) if args.until else None,
                            match=args.match, dry_run=args.dry_run, force=args.force, progress=not args.no_progress)
@@ -240,8 +265,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from .db import Database
     from .jobfiles import JobDir
 
-    data = Path(args.data_dir)
-    db = Database(data / "magickbox.sqlite")
+    layout = layout_from_args(args)
+    db = Database(layout.database)
     try:
         if args.cancel is not None:
             job = db.job(args.cancel)
@@ -251,7 +276,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             if job.status not in ("queued", "running"):
                 print(f"job {job.id} is already {job.status}")
                 return 0
-            JobDir.of(data, job.id).request_cancel()
+            JobDir.of(layout, job.id).request_cancel()
             print(f"cancel requested for job {job.id}")
             return 0
         for job in reversed(db.jobs(args.status)):
@@ -281,8 +306,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         ok, text = echo(Destination(host, port, args.called, args.calling), timeout=args.timeout)
         print(("OK " if ok else "FAILED ") + text)
         return 0 if ok else 1
-    data = Path(args.data_dir)
-    jobdir = Path(args.target) if not args.target.isdigit() else data / "jobs" / args.target
+    layout = layout_from_args(args)
+    jobdir = Path(args.target) if not args.target.isdigit() else layout.job_dir(args.target)
     try:
         info = json.loads((jobdir / "info.json").read_text())
     except (OSError, ValueError) as exc:
@@ -299,7 +324,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     ctx = RoutingContext(str(info.get("AETitleCalled", "")), str(info.get("AETitleCaller", "")), success,
                          frozenset(types))
     try:
-        table = load_rules(args.rules or data / "routing.json")
+        table = load_rules(args.rules or layout.routing_rules)
     except RoutingError as exc:
         print(f"magickbox: {exc}", file=sys.stderr)
         return 2
@@ -307,12 +332,15 @@ def cmd_route(args: argparse.Namespace) -> int:
           f"series types {sorted(types)}; rules from {table.source}")
     for line in table.explain(ctx, me=_host_port(args.me)):
         print(line)
+    return 0
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     import time
 
     from .api.tokens import TokenError, TokenStore
 
-    store = TokenStore(Path(args.data_dir))
+    store = TokenStore(layout_from_args(args).api_tokens)
     try:
         if args.token_command == "create":
             token = store.create(args.name, args.role)

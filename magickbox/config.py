@@ -71,6 +71,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from stability_collector.delivery import GraphiteAddress
+
+from .layout import DataLayout
 from stability_collector.metrics import ConfigError, sanitize_node
 
 __all__ = ["NodeConfig", "DicomConfig", "TLSConfig", "AccessRule", "load_node_config", "ConfigError"]
@@ -156,15 +158,9 @@ class NodeConfig:
     engine_url: str | None = None
 
     @property
-    def buckets_path(self) -> Path:
-        return self.buckets_dir or self.data_dir / "buckets"
-
-    @property
-    def classify_rules_path(self) -> Path | None:
-        if self.classify_rules is not None:
-            return self.classify_rules
-        default = self.data_dir / "classifyRules.json"
-        return default if default.exists() else None
+    def layout(self) -> DataLayout:
+        """Every path of the node's data directory (:mod:`magickbox.layout`)."""
+        return DataLayout.of(self.data_dir, self.buckets_dir, self.classify_rules)
 
 
 def _int(key: str, value: Any, lo: int, hi: int) -> int:

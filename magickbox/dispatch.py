@@ -34,6 +34,7 @@ import gear
 from . import node_metrics as nm
 from .buckets import BucketRegistry
 from .db import Database, Job
+from .layout import DataLayout
 from .jobfiles import JobDir, Outcome
 from .periodic import Periodic
 from .store import DicomArchive
@@ -57,11 +58,11 @@ class EmbeddedJobServer:
 
 
 class Dispatcher:
-    def __init__(self, data_dir: Path, db: Database, archive: DicomArchive, registry: BucketRegistry,
+    def __init__(self, layout: DataLayout, db: Database, archive: DicomArchive, registry: BucketRegistry,
                  servers: list[tuple[str, int]], count: Callable[[str], None] = lambda name: None,
                  interval: float = 0.2, resubmit_after: float = 60.0,
                  on_committed: Callable[[Job, Outcome], None] | None = None):
-        self.data_dir = Path(data_dir)
+        self.layout = layout
         self.db = db
         self.archive = archive
         self.registry = registry
@@ -105,7 +106,7 @@ class Dispatcher:
         if not bucket.enabled:
             self._warn_once(f"disabled-{job.bucket_ae}", f"bucket {job.bucket_ae} is disabled: its jobs wait")
             return False
-        jobdir = JobDir.of(self.data_dir, job.id)
+        jobdir = JobDir.of(self.layout, job.id)
         info = job.info_json()
         info.update({"bucket": {"name": bucket.name, "version": bucket.version, "AETitle": bucket.ae_title}})
         instances = self.db.job_instances(job.id) if job.input_scope == "delivered" else None
@@ -131,7 +132,7 @@ class Dispatcher:
 
     # -- reconciliation ---------------------------------------------------------------------
     def _commit(self, job: Job, outcome: Outcome) -> None:
-        jobdir = JobDir.of(self.data_dir, job.id)
+        jobdir = JobDir.of(self.layout, job.id)
         earlier = len(list(jobdir.attempts.iterdir())) if jobdir.attempts.is_dir() else 0
         if self.db.commit_result(job.id, outcome.status, outcome.message, outcome.exit_code, outcome.started,
                                  outcome.finished, outcome.worker, outcome.log_size, attempts=earlier + 1):
@@ -153,7 +154,7 @@ class Dispatcher:
     def reconcile(self) -> None:
         now = time.time()
         for job, submitted, submissions in self.db.unfinished():
-            jobdir = JobDir.of(self.data_dir, job.id)
+            jobdir = JobDir.of(self.layout, job.id)
             outcome = jobdir.committed()
             if outcome is not None:
                 self._commit(job, outcome)

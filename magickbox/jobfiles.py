@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from .layout import DataLayout
 from .store import DIR_MODE, FILE_MODE, make_private_dir
 
 __all__ = ["JobDir", "Outcome", "Claim", "decide_status", "read_proc_json", "HEARTBEAT_SECONDS", "STALE_SECONDS"]
@@ -145,8 +146,8 @@ class JobDir:
         self.path = Path(path)
 
     @classmethod
-    def of(cls, data_dir: Path, job_id: int) -> "JobDir":
-        return cls(Path(data_dir) / "jobs" / str(job_id))
+    def of(cls, layout: DataLayout, job_id: int) -> "JobDir":
+        return cls(layout.job_dir(job_id))
 
     input = property(lambda self: self.path / "input")
     attempts = property(lambda self: self.path / "attempts")

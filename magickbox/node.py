@@ -38,16 +38,17 @@ class Node:
 
     def __init__(self, config: NodeConfig, on_job: Callable[[Job], None] | None = None):
         self.config = config
-        make_private_dir(config.data_dir)
-        make_private_dir(config.data_dir / "jobs")
-        self.registry = BucketRegistry(config.buckets_path)
+        self.layout = layout = config.layout
+        make_private_dir(layout.root)
+        make_private_dir(layout.jobs)
+        self.registry = BucketRegistry(layout.buckets)
         self.registry.load()
-        rules_path = config.classify_rules_path
+        rules_path = layout.classify_rules
         self.rules = ClassifyRules.load(rules_path) if rules_path else ClassifyRules.empty()
-        self.archive = DicomArchive(config.data_dir, fsync=config.dicom.fsync, replace=config.dicom.replace,
+        self.archive = DicomArchive(layout, fsync=config.dicom.fsync, replace=config.dicom.replace,
                                     spool_memory=int(config.dicom.spool_memory_mb * 1024 * 1024))
-        self.db = Database(config.data_dir / "magickbox.sqlite")
-        self.series = SeriesRecords(config.data_dir, self.rules)
+        self.db = Database(layout.database)
+        self.series = SeriesRecords(layout, self.rules)
         self.telemetry = NodeTelemetry(config.node_name, config.graphite, config.graphite_interval, gauges={
             nm.QUEUE_LENGTH: lambda: self.db.count_jobs("queued"),
             nm.JOBS_RUNNING: lambda: self.db.count_jobs("running"),
@@ -63,11 +64,11 @@ class Node:
             self.job_server = EmbeddedJobServer()
             servers = [("127.0.0.1", self.job_server.port)]
         self.gearman_servers = servers
-        self.dispatcher = Dispatcher(config.data_dir, self.db, self.archive, self.registry, servers,
+        self.dispatcher = Dispatcher(layout, self.db, self.archive, self.registry, servers,
                                      count=self.telemetry.count,
                                      resubmit_after=config.resubmit_after if config.gearman_servers else float("inf"))
         self.telemetry.gauges[nm.START_LATENCY] = lambda: self.dispatcher.last_start_latency
-        self.worker = Worker(config.data_dir, servers, list(config.worker_buckets) or None, config.engine_url,
+        self.worker = Worker(layout, servers, list(config.worker_buckets) or None, config.engine_url,
                              worker_id=f"{config.node_name}-embedded") if config.worker_enabled else None
         self.receiver = StorageReceiver(config, self.archive, self.registry, self.tracker, self.series,
                                         HeaderReader(self.rules.dicom_tags()), self.telemetry)

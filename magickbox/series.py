@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 from pydicom.multival import MultiValue
 
+from .layout import DataLayout
 from .classify import ClassifyRules, instance_lookup
 from .store import DIR_MODE, FILE_MODE, make_private_dir
 
@@ -81,8 +82,8 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
 class SeriesRecords:
     """Keeps the series records of ``<data>/views/raw`` current.  Thread-safe."""
 
-    def __init__(self, data_dir: Path, rules: ClassifyRules, write_interval: float = 0.5):
-        self.root = Path(data_dir) / "views" / "raw"
+    def __init__(self, layout: DataLayout, rules: ClassifyRules, write_interval: float = 0.5):
+        self.root = layout.series_views
         make_private_dir(self.root.parent)
         make_private_dir(self.root)
         self.rules = rules

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import __version__
+from .layout import DataLayout
 
 __all__ = ["DicomArchive", "SpoolBuffer", "SpoolBudget", "StoreOutcome", "StoredInstance", "file_meta",
            "IMPLEMENTATION_UID", "FILE_MODE", "DIR_MODE", "private_umask", "make_private_dir", "read_stored_meta",
@@ -340,17 +341,17 @@ def _header_syntax(header: bytes) -> str:
 
 
 class DicomArchive:
-    """The archive under ``data_dir``.  Thread-safe."""
+    """The archive (``layout.archive``, partial files in ``layout.tmp``).  Thread-safe."""
 
-    def __init__(self, data_dir: str | Path, fsync: bool = True, replace: str = "same-sender",
+    def __init__(self, layout: DataLayout, fsync: bool = True, replace: str = "same-sender",
                  spool_memory: int | None = None):
         """``replace``: one of :data:`REPLACE_POLICIES`; ``spool_memory``: bytes all
         receive buffers may hold in memory together (None: no shared limit)."""
         if replace not in REPLACE_POLICIES:
             raise ValueError(f"replace policy must be one of {REPLACE_POLICIES}, not {replace!r}")
-        self.data_dir = Path(data_dir)
-        self.root = self.data_dir / "archive"
-        self.tmp = self.data_dir / "tmp"
+        self.layout = layout
+        self.root = layout.archive
+        self.tmp = layout.tmp
         self.fsync = fsync
         self.replace = replace
         self.spool_budget = SpoolBudget(spool_memory) if spool_memory is not None else None

@@ -73,7 +73,7 @@ class StudyTracker:
         self.clock = clock
         self.makes_jobs = makes_jobs
         self.input_scope = input_scope
-        self.deliveries = Path(archive.data_dir) / "deliveries"
+        self.deliveries = archive.layout.deliveries
         make_private_dir(self.deliveries)
         self._manifests: dict[str, int] = {}             # pending key -> open delivery list
         self._unsynced: set[str] = set()                 # keys with appended, unsynced lines

@@ -29,6 +29,7 @@ from typing import Iterable
 import gear
 
 from .buckets import BucketInfo, BucketRegistry
+from .layout import DataLayout
 from .jobfiles import JobDir, Outcome, decide_status, read_proc_json
 from .periodic import Periodic
 from .runners import ContainerRunner, RunnerError, RunRequest, runner_for
@@ -100,14 +101,14 @@ def run_attempt(jobdir: JobDir, bucket: BucketInfo, worker_id: str, engine_url: 
 class Worker:
     """Connects to gearman servers and runs the buckets it is allowed to run."""
 
-    def __init__(self, data_dir: Path, servers: list[tuple[str, int]], buckets: list[str] | None = None,
+    def __init__(self, layout: DataLayout, servers: list[tuple[str, int]], buckets: list[str] | None = None,
                  engine_url: str | None = None, worker_id: str | None = None, refresh_seconds: float = 2.0):
-        self.data_dir = Path(data_dir)
+        self.layout = layout
         self.servers = servers
         self.allowed = set(buckets) if buckets else None
         self.engine_url = engine_url
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.registry = BucketRegistry(self.data_dir / "buckets", refresh_seconds=refresh_seconds)
+        self.registry = BucketRegistry(layout.buckets, refresh_seconds=refresh_seconds)
         self.refresh_seconds = refresh_seconds
         self._runners: dict = {}
         self._threads: dict[str, list[tuple[threading.Thread, gear.Worker]]] = {}
@@ -151,7 +152,7 @@ class Worker:
 
     def _handle(self, job) -> None:
         payload = json.loads(job.arguments)
-        jobdir = JobDir.of(self.data_dir, int(payload["job"]))
+        jobdir = JobDir.of(self.layout, int(payload["job"]))
         bucket = self.registry.by_ae_title(payload["bucket"])
         if bucket is None:
             log.error("job %s: bucket %s is not installed on this worker", payload["job"], payload["bucket"])

@@ -16,6 +16,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from magickbox.layout import DataLayout
 from stability_collector.localgraphite import free_port, wait_for_port
 
 MAGICKBOX = shutil.which("magickbox", path=os.path.dirname(sys.executable)) or "magickbox"
@@ -124,7 +125,7 @@ class MagickboxProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.token is None:
             from magickbox.api.tokens import TokenStore
-            self.token = TokenStore(self.data_dir).create(f"tests-{os.urandom(4).hex()}", "admin")
+            self.token = TokenStore(DataLayout.of(self.data_dir).api_tokens).create(f"tests-{os.urandom(4).hex()}", "admin")
         args = [MAGICKBOX, "serve", "--data-dir", str(self.data_dir), "--dicom-port", str(self.dicom_port),
                 "--dicom-host", "127.0.0.1", "--http-port", str(self.http_port),
                 "--quiet-seconds", str(self.quiet_seconds), "--node-name", "testnode", *self.extra_args]
@@ -182,7 +183,7 @@ class MagickboxProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def archived(self) -> list[Path]:
-        root = self.data_dir / "archive"
+        root = DataLayout.of(self.data_dir).archive
         return sorted(p for p in root.rglob("*.dcm") if ".superseded" not in p.parts)
 
 

@@ -302,15 +302,16 @@ def test_completion_and_reconciliation_racing_submit_each_job_once(tmp_path):
     from magickbox.buckets import BucketRegistry
     from magickbox.db import Database
     from magickbox.dispatch import Dispatcher, EmbeddedJobServer
+    from magickbox.layout import DataLayout
     from magickbox.store import DicomArchive
-    data = tmp_path / "node"
-    write_bucket(data / "buckets", "ProcQA")
-    archive = DicomArchive(data, fsync=False)
-    registry = BucketRegistry(data / "buckets")
+    layout = DataLayout.of(tmp_path / "node")
+    write_bucket(layout.buckets, "ProcQA")
+    archive = DicomArchive(layout, fsync=False)
+    registry = BucketRegistry(layout.buckets)
     registry.load()
-    db = Database(data / "magickbox.sqlite")
+    db = Database(layout.database)
     server = EmbeddedJobServer()
-    dispatcher = Dispatcher(data, db, archive, registry, [("127.0.0.1", server.port)])
+    dispatcher = Dispatcher(layout, db, archive, registry, [("127.0.0.1", server.port)])
     errors: list[BaseException] = []
     try:
         jobs = []
@@ -345,4 +346,4 @@ def test_completion_and_reconciliation_racing_submit_each_job_once(tmp_path):
     assert errors == [], errors
     assert submissions == {job.id: 1 for job in jobs}, submissions
     for job in jobs:
-        assert len(list((data / "jobs" / str(job.id) / "input").rglob("*.dcm"))) == 40
+        assert len(list((layout.job_dir(job.id) / "input").rglob("*.dcm"))) == 40

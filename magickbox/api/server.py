@@ -29,7 +29,7 @@ class HttpServer:
     def __init__(self, node: Any, host: str, port: int, limits: UploadLimits | None = None,
                  cert: Path | None = None, key: Path | None = None):
         self.store = NodeStore.from_node(node)
-        self.tokens = TokenStore(node.config.data_dir)
+        self.tokens = TokenStore(node.layout.api_tokens)
         self.host, self.port = host, port
         self.app = create_app(self.store, self.tokens, limits)
         self.cert, self.key = cert, key

@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
+from ..layout import DataLayout
 
 __all__ = ["NodeStore", "JobRecord", "BucketRecord", "JobQuery", "StoreConflict", "InstanceRejected",
            "JOB_STATUSES", "FINAL_STATUSES", "ACTIVE_STATUSES"]
@@ -128,11 +129,12 @@ class FileEntry:
 class NodeStore:
     """Jobs, job files, buckets, archive and routing file of one node."""
 
-    def __init__(self, *, data_dir: Path, node_name: str, db: Any, registry: Any, archive: Any, series: Any,
+    def __init__(self, *, layout: DataLayout, node_name: str, db: Any, registry: Any, archive: Any, series: Any,
                  header_reader: Any, lenient_uids: bool = False, dicom_ae_title: str = "",
                  dicom_port: int | None = None, http_port: int | None = None,
                  connection_counts: Callable[[], dict[str, int]] | None = None):
-        self.data_dir = Path(data_dir)
+        self.layout = layout
+        self.data_dir = layout.root
         self.node_name = node_name
         self.db = db
         self.registry = registry
@@ -145,8 +147,8 @@ class NodeStore:
         self.http_port = http_port
         self._connection_counts = connection_counts
         self.db_path = Path(db.path)
-        self.routing_path = self.data_dir / "routing.json"
-        self.quarantine_dir = self.data_dir / "quarantine" / "uploads"
+        self.routing_path = layout.routing_rules
+        self.quarantine_dir = layout.upload_quarantine
         self.started = time.time()
         self._local = threading.local()
         self._cache_lock = threading.Lock()
@@ -156,7 +158,7 @@ class NodeStore:
     @classmethod
     def from_node(cls, node: Any) -> "NodeStore":
         """The store of a running :class:`magickbox.node.Node`."""
-        return cls(data_dir=node.config.data_dir, node_name=node.config.node_name, db=node.db,
+        return cls(layout=node.layout, node_name=node.config.node_name, db=node.db,
                    registry=node.registry, archive=node.archive, series=node.series,
                    header_reader=node.receiver.reader, lenient_uids=node.config.dicom.uid_grammar == "lenient",
                    dicom_ae_title=node.config.dicom.ae_title, dicom_port=node.dicom_port,
@@ -173,7 +175,7 @@ class NodeStore:
 
     def _jobdir(self, job_id: int) -> Any:
         from ..jobfiles import JobDir
-        return JobDir.of(self.data_dir, int(job_id))
+        return JobDir.of(self.layout, int(job_id))
 
     @staticmethod
     def _record(row: sqlite3.Row | dict[str, Any]) -> JobRecord:
@@ -474,7 +476,7 @@ class NodeStore:
     # -- uploads ---------------------------------------------------------------------------
     def upload_dir(self) -> Path:
         """Where request bodies are spooled (inside the data dir, same filesystem)."""
-        path = self.data_dir / "tmp"
+        path = self.layout.tmp
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -29,10 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["TokenStore", "TokenInfo", "TokenError", "ROLES", "TOKEN_FILE"]
+__all__ = ["TokenStore", "TokenInfo", "TokenError", "ROLES"]
 
 ROLES = ("read", "admin")
-TOKEN_FILE = "api-tokens.json"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,63}")
 _PREFIX = "mbx_"
 
@@ -61,8 +60,9 @@ class TokenStore:
     """The token file of one data directory.  Thread-safe; cheap to query (one ``stat``
     per lookup to notice changes made by the CLI)."""
 
-    def __init__(self, data_dir: str | Path):
-        self.path = Path(data_dir) / TOKEN_FILE
+    def __init__(self, path: str | Path):
+        """``path``: the token file (``DataLayout.api_tokens``)."""
+        self.path = Path(path)
         self._lock = threading.Lock()
         self._signature: tuple[int, int, int] | None = None
         self._by_hash: dict[str, TokenInfo] = {}
@@ -127,7 +127,7 @@ class TokenStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(TOKEN_FILE + ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -135,7 +135,7 @@ class TokenStore:
             os.close(fd)
 
     def _write(self, tokens: list[TokenInfo]) -> None:
-        tmp = self.path.with_name(f".{TOKEN_FILE}.{uuid.uuid4().hex}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump({"version": 1, "tokens": [asdict(t) for t in tokens]}, fh, indent=1)

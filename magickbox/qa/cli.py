@@ -56,8 +56,9 @@ def add_qa_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--memory", metavar="DIR", help="the bucket's persistent memory directory")
     a.add_argument("--config", metavar="FILE", help="info.json with a \"qa\" object")
     i = qsub.add_parser("install", help="install the shipped ProcQA bucket into a node")
-    i.add_argument("--data-dir", metavar="DIR", default=".", help="node data root (buckets in DIR/buckets)")
-    i.add_argument("--buckets-dir", metavar="DIR", help="buckets directory (overrides --data-dir)")
+    from ..cli import data_options
+    data_options(i, "node data root (buckets in DIR/buckets unless configured)", default=".")
+    i.add_argument("--buckets-dir", metavar="DIR", help="buckets directory (overrides the configuration)")
     i.add_argument("--ae-title", metavar="AE", help="AE title (default ProcQA)")
     qsub.add_parser("bucket-dir", help="print the shipped bucket directory")
 
@@ -92,7 +93,8 @@ def _phantom(args: argparse.Namespace) -> int:
 def _install(args: argparse.Namespace) -> int:
     from ..bucketadmin import install_bucket
     from ..buckets import load_bucket_info
-    root = Path(args.buckets_dir) if args.buckets_dir else Path(args.data_dir) / "buckets"
+    from ..cli import layout_from_args
+    root = layout_from_args(args).buckets
     root.mkdir(parents=True, exist_ok=True)
     bucket = install_bucket(root, str(BUCKET_DIR))
     work = bucket.directory / "work.sh"
