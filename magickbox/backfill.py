@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .buckets import BucketInfo
 from .db import Database
+from .model import ACTIVE_STATUSES, JobStatus
 from .store import DicomArchive
 
 __all__ = ["BackfillSummary", "backfill", "parse_day"]
@@ -90,7 +91,7 @@ def backfill(db: Database, archive: DicomArchive, views_root: Path, bucket: Buck
                     pattern and not pattern.search(f"{study}\n{text}\n{callers}")):
                 summary.skipped_filter += 1
                 continue
-            if not force and any(j.bucket_version == bucket.version and j.status in ("success", "queued", "running")
+            if not force and any(j.bucket_version == bucket.version and j.status in (JobStatus.SUCCESS, *ACTIVE_STATUSES)
                                  for j in previous):
                 summary.skipped_done.append(study)
                 continue

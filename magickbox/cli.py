@@ -23,6 +23,7 @@ from stability_collector.metrics import ConfigError
 
 from . import __version__
 from .classify import RulesError
+from .model import ACTIVE_STATUSES, JOB_STATUSES, JobStatus
 
 if TYPE_CHECKING:
     from .layout import DataLayout
@@ -134,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", help="list jobs, or cancel one")
     data_options(p)
-    p.add_argument("--status", choices=("queued", "running", "success", "failed", "partial", "timeout",
-                                        "cancelled"))
+    p.add_argument("--status", choices=[s.value for s in JOB_STATUSES])
     p.add_argument("--cancel", metavar="ID", type=int, help="cancel a queued or running job")
 
     from .qa.cli import add_qa_parser
@@ -223,7 +223,7 @@ def cmd_buckets(args: argparse.Namespace) -> int:
     if action == "run":
         status, message, code = ba.run_bucket(root, args.name, Path(args.input), Path(args.output), args.engine)
         print(f"{status}: {message} (exit code {code})")
-        return 0 if status == "success" else 1
+        return 0 if status == JobStatus.SUCCESS else 1
     if action == "install":
         b = ba.install_bucket(root, args.source, args.engine)
         print(f"installed bucket {b.ae_title} in {b.directory}")
@@ -273,7 +273,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             if job is None:
                 print(f"no job {args.cancel}", file=sys.stderr)
                 return 1
-            if job.status not in ("queued", "running"):
+            if job.status not in ACTIVE_STATUSES:
                 print(f"job {job.id} is already {job.status}")
                 return 0
             JobDir.of(layout, job.id).request_cancel()

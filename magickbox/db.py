@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Database", "Job", "PendingStudy", "JOB_STATUSES", "FINAL_STATUSES"]
+from .model import JobStatus
 
-JOB_STATUSES = ("queued", "running", "success", "failed", "partial", "timeout", "cancelled")
-FINAL_STATUSES = ("success", "failed", "partial", "timeout", "cancelled")
+__all__ = ["Database", "Job", "PendingStudy"]
 
-_SCHEMA = """
+_QUEUED, _RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS pending_studies (
     key TEXT PRIMARY KEY,
     called_ae TEXT NOT NULL,
@@ -48,9 +49,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     completed REAL NOT NULL,
     series_count INTEGER NOT NULL,
     instance_count INTEGER NOT NULL,
-    classification TEXT NOT NULL DEFAULT '{}',
+    classification TEXT NOT NULL DEFAULT '{{}}',
     follow_up_of INTEGER,
-    status TEXT NOT NULL DEFAULT 'queued',
+    status TEXT NOT NULL DEFAULT '{_QUEUED}',
     created REAL NOT NULL,
     started REAL,
     finished REAL,
@@ -263,7 +264,7 @@ class Database:
             statements = [
                 ("INSERT INTO jobs (bucket_ae, calling_ae, caller_ip, study_uid, source, received, completed,"
                  " series_count, instance_count, classification, follow_up_of, status, created, input_scope)"
-                 " VALUES (?, ?, ?, ?, 'dicom', ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                 f" VALUES (?, ?, ?, ?, 'dicom', ?, ?, ?, ?, ?, ?, '{_QUEUED}', ?, ?)",
                  (pending.called_ae, pending.calling_ae, pending.caller_ip, pending.study_uid,
                   pending.first_received, now, series_count, instance_count, json.dumps(classification),
                   previous.id if previous else None, now, scope)),
@@ -309,7 +310,7 @@ class Database:
         rows = self.execute(
             "SELECT jobs.*, s.submitted AS _submitted, s.count AS _count FROM jobs"
             " LEFT JOIN job_submissions s ON s.job_id = jobs.id"
-            " WHERE status IN ('queued', 'running') ORDER BY jobs.id").fetchall()
+            f" WHERE status IN ('{_QUEUED}', '{_RUNNING}') ORDER BY jobs.id").fetchall()
         out = []
         for r in rows:
             d = dict(r)
@@ -335,8 +336,8 @@ class Database:
 
     def mark_running(self, job_id: int, worker: str, started: float) -> bool:
         """A (new) attempt is running; counts attempts once per (worker, start time)."""
-        cur = self._tx([("UPDATE jobs SET status = 'running', worker = ?, started = ?, attempts = attempts + 1"
-                         " WHERE id = ? AND status IN ('queued', 'running')"
+        cur = self._tx([(f"UPDATE jobs SET status = '{_RUNNING}', worker = ?, started = ?, attempts = attempts + 1"
+                         f" WHERE id = ? AND status IN ('{_QUEUED}', '{_RUNNING}')"
                          " AND NOT (coalesce(worker, '') = ? AND coalesce(started, 0) = ?)",
                          (worker, started, job_id, worker, started))])[0]
         return cur.rowcount == 1
@@ -347,7 +348,7 @@ class Database:
         cur = self._tx([("UPDATE jobs SET status = ?, message = ?, exit_code = ?, started = coalesce(?, started),"
                          " finished = ?, worker = coalesce(?, worker), log_size = ?,"
                          " attempts = coalesce(?, attempts), committed = ?"
-                         " WHERE id = ? AND status IN ('queued', 'running')",
+                         f" WHERE id = ? AND status IN ('{_QUEUED}', '{_RUNNING}')",
                          (status, message, exit_code, started, finished, worker, log_size, attempts, time.time(),
                           job_id))])[0]
         return cur.rowcount == 1
@@ -360,7 +361,7 @@ class Database:
         cur = self._tx([(
             "INSERT INTO jobs (bucket_ae, calling_ae, caller_ip, study_uid, source, received, completed,"
             " series_count, instance_count, classification, follow_up_of, status, created, bucket_version)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+            f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{_QUEUED}', ?, ?)",
             (bucket_ae, calling_ae, caller_ip, study_uid, source, received, now, series_count, instance_count,
              json.dumps(classification), follow_up_of, now, bucket_version))])[0]
         return self.job(cur.lastrowid)  # type: ignore[return-value]

@@ -22,7 +22,6 @@ memory; the database is the persistent queue) and an embedded worker.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -35,7 +34,8 @@ from . import node_metrics as nm
 from .buckets import BucketRegistry
 from .db import Database, Job
 from .layout import DataLayout
-from .jobfiles import JobDir, Outcome
+from .jobfiles import JobDir
+from .model import ACTIVE_STATUSES, INFRASTRUCTURE_ERROR, AttemptOutcome, JobRequest, JobStatus
 from .periodic import Periodic
 from .store import DicomArchive
 from .studies import uid_ref
@@ -60,8 +60,7 @@ class EmbeddedJobServer:
 class Dispatcher:
     def __init__(self, layout: DataLayout, db: Database, archive: DicomArchive, registry: BucketRegistry,
                  servers: list[tuple[str, int]], count: Callable[[str], None] = lambda name: None,
-                 interval: float = 0.2, resubmit_after: float = 60.0,
-                 on_committed: Callable[[Job, Outcome], None] | None = None):
+                 interval: float = 0.2, resubmit_after: float = 60.0):
         self.layout = layout
         self.db = db
         self.archive = archive
@@ -70,7 +69,6 @@ class Dispatcher:
         self.count = count
         self.interval = interval
         self.resubmit_after = resubmit_after
-        self.on_committed = on_committed
         self.client = gear.Client("magickbox-node")
         for host, port in servers:
             self.client.addServer(host, port)
@@ -89,7 +87,7 @@ class Dispatcher:
             if self.db.last_submission(job.id) != seen_submitted:
                 return True                          # someone else submitted it meanwhile
             current = self.db.job(job.id)
-            if current is None or current.status not in ("queued", "running"):
+            if current is None or current.status not in ACTIVE_STATUSES:
                 return False
             return self._submit(current)
 
@@ -99,9 +97,9 @@ class Dispatcher:
             self.registry.refresh(force=True)         # installed a moment ago?
             bucket = self.registry.by_ae_title(job.bucket_ae)
         if bucket is None:
-            if self.db.commit_result(job.id, "failed", f"bucket {job.bucket_ae} is not installed", None, None,
-                                     time.time(), None, 0):
-                self.count(nm.JOB_STATUS_COUNTERS["failed"])
+            if self.db.commit_result(job.id, JobStatus.FAILED, f"bucket {job.bucket_ae} is not installed", None,
+                                     None, time.time(), None, 0):
+                self.count(nm.JOB_STATUS_COUNTERS[JobStatus.FAILED])
             return False
         if not bucket.enabled:
             self._warn_once(f"disabled-{job.bucket_ae}", f"bucket {job.bucket_ae} is disabled: its jobs wait")
@@ -111,8 +109,7 @@ class Dispatcher:
         info.update({"bucket": {"name": bucket.name, "version": bucket.version, "AETitle": bucket.ae_title}})
         instances = self.db.job_instances(job.id) if job.input_scope == "delivered" else None
         jobdir.prepare(info, self.archive.root / job.study_uid, instances)
-        payload = json.dumps({"job": job.id, "bucket": job.bucket_ae}).encode()
-        gjob = gear.Job(bucket.function.encode(), payload, unique=f"hops-job-{job.id}".encode())
+        gjob = gear.Job(bucket.function.encode(), JobRequest(job.id, job.bucket_ae).encode(), unique=f"hops-job-{job.id}".encode())
         try:
             with self._lock:
                 self.client.submitJob(gjob, background=True, timeout=10)
@@ -131,7 +128,7 @@ class Dispatcher:
             log.warning("%s", message)
 
     # -- reconciliation ---------------------------------------------------------------------
-    def _commit(self, job: Job, outcome: Outcome) -> None:
+    def _commit(self, job: Job, outcome: AttemptOutcome) -> None:
         jobdir = JobDir.of(self.layout, job.id)
         earlier = len(list(jobdir.attempts.iterdir())) if jobdir.attempts.is_dir() else 0
         if self.db.commit_result(job.id, outcome.status, outcome.message, outcome.exit_code, outcome.started,
@@ -144,12 +141,6 @@ class Dispatcher:
             log.info("job %d (%s) %s in %.1f s%s", job.id, job.bucket_ae, outcome.status,
                      (outcome.finished or 0) - (outcome.started or 0),
                      f": {outcome.message}" if outcome.message else "")
-            if self.on_committed is not None:
-                final = self.db.job(job.id)
-                try:
-                    self.on_committed(final, outcome)   # type: ignore[arg-type]
-                except Exception:
-                    log.exception("job %d: post-commit hook failed", job.id)
 
     def reconcile(self) -> None:
         now = time.time()
@@ -161,25 +152,26 @@ class Dispatcher:
                 continue
             claim = jobdir.active_claim()
             if claim is not None:
-                if job.status != "running" or job.worker != claim.get("worker"):
-                    self.db.mark_running(job.id, str(claim.get("worker")), float(claim.get("started", now)))
+                if job.status != JobStatus.RUNNING or job.worker != claim.worker:
+                    self.db.mark_running(job.id, claim.worker, claim.started)
                 continue
             if jobdir.cancel_requested():
-                if self.db.commit_result(job.id, "cancelled", "cancelled before it ran", None, None, now, None, 0):
-                    self.count(nm.JOB_STATUS_COUNTERS["cancelled"])
+                if self.db.commit_result(job.id, JobStatus.CANCELLED, "cancelled before it ran", None, None, now,
+                                         None, 0):
+                    self.count(nm.JOB_STATUS_COUNTERS[JobStatus.CANCELLED])
                 continue
             bucket = self.registry.by_ae_title(job.bucket_ae)
             attempts = sorted(jobdir.attempts.iterdir()) if jobdir.attempts.is_dir() else []
             finished_attempts = [a for a in attempts if (a / "outcome.json").exists()]
             died = len(attempts) - len(finished_attempts)
-            failed_infra = [o for o in jobdir.attempt_outcomes() if o.status == "error"]
+            failed_infra = [o for o in jobdir.attempt_outcomes() if o.status == INFRASTRUCTURE_ERROR]
             tries = len(failed_infra) + died
             retries = bucket.run.retries if bucket else 0
             if tries > retries:
                 last = failed_infra[-1].message if failed_infra else "the worker died during the run"
-                if self.db.commit_result(job.id, "failed", f"gave up after {tries} attempt(s): {last}", None, None,
-                                         now, None, 0):
-                    self.count(nm.JOB_STATUS_COUNTERS["failed"])
+                if self.db.commit_result(job.id, JobStatus.FAILED, f"gave up after {tries} attempt(s): {last}", None,
+                                         None, now, None, 0):
+                    self.count(nm.JOB_STATUS_COUNTERS[JobStatus.FAILED])
                     log.error("job %d (%s) failed: %s", job.id, job.bucket_ae, last)
                 continue
             # an attempt ended without a result (died / infrastructure error) since the

@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .layout import DataLayout
+from .model import AttemptOutcome, ClaimRecord, JobStatus
 from .store import DIR_MODE, FILE_MODE, make_private_dir
 
-__all__ = ["JobDir", "Outcome", "Claim", "decide_status", "read_proc_json", "HEARTBEAT_SECONDS", "STALE_SECONDS"]
+__all__ = ["JobDir", "Claim", "decide_status", "read_proc_json", "HEARTBEAT_SECONDS", "STALE_SECONDS"]
 
 HEARTBEAT_SECONDS = 2.0
 STALE_SECONDS = 15.0
@@ -50,26 +51,6 @@ def _write_json(path: Path, data: Any) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-@dataclass
-class Outcome:
-    """What one attempt produced (``outcome.json``).  ``status`` is a job status, or
-    ``"error"`` for an infrastructure failure (the run could not happen; retried)."""
-
-    attempt: str
-    worker: str
-    status: str
-    message: str
-    exit_code: int | None
-    started: float
-    finished: float
-    log_size: int
-
-    @classmethod
-    def load(cls, path: Path) -> "Outcome":
-        data = json.loads(path.read_text())
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
 
 
 def read_proc_json(*candidates: Path) -> tuple[str | None, str]:
@@ -92,23 +73,23 @@ def read_proc_json(*candidates: Path) -> tuple[str | None, str]:
 
 
 def decide_status(exit_code: int | None, timed_out: bool, cancelled: bool, proc: tuple[str | None, str],
-                  timeout: float) -> tuple[str, str]:
+                  timeout: float) -> tuple[JobStatus, str]:
     """Job status and message from how the run ended and what proc.json says.  Only an
     exit code 0 *and* a proc.json saying success/partial counts as success/partial."""
     success, message = proc
     if cancelled:
-        return "cancelled", "cancelled on request"
+        return JobStatus.CANCELLED, "cancelled on request"
     if timed_out:
-        return "timeout", f"killed after the bucket's timeout of {timeout:g} s"
+        return JobStatus.TIMEOUT, f"killed after the bucket's timeout of {timeout:g} s"
     if exit_code != 0:
         detail = f"; proc.json: {success}: {message}" if success is not None else ""
-        return "failed", f"exit code {exit_code}{detail}"
+        return JobStatus.FAILED, f"exit code {exit_code}{detail}"
     if success is None:
-        return "failed", message        # missing or malformed proc.json, never silently success
+        return JobStatus.FAILED, message    # missing or malformed proc.json, never silently success
     value = success.strip().lower()
-    if value in ("success", "partial", "failed"):
-        return value, message
-    return "failed", f"proc.json says success={success!r}: {message}"
+    if value in (JobStatus.SUCCESS, JobStatus.PARTIAL, JobStatus.FAILED):
+        return JobStatus(value), message
+    return JobStatus.FAILED, f"proc.json says success={success!r}: {message}"
 
 
 class Claim:
@@ -134,8 +115,7 @@ class Claim:
         self._stop.set()
         self._thread.join(5)
         try:
-            current = json.loads(self.jobdir.active.read_text())
-            if current.get("attempt") == self.attempt:
+            if ClaimRecord.from_json(self.jobdir.active.read_text()).attempt == self.attempt:
                 self.jobdir.active.unlink()
         except (OSError, ValueError):
             pass
@@ -195,39 +175,39 @@ class JobDir:
     def cancel_requested(self) -> bool:
         return (self.path / "cancel").exists()
 
-    def active_claim(self) -> dict[str, Any] | None:
+    def active_claim(self) -> ClaimRecord | None:
         """The live claim, or None if none or stale (heartbeat too old, or a dead
         process on this host)."""
         try:
             st = self.active.stat()
-            claim = json.loads(self.active.read_text())
+            claim = ClaimRecord.from_json(self.active.read_text())
         except (OSError, ValueError):
             return None
         if time.time() - st.st_mtime > STALE_SECONDS:
             return None
-        if claim.get("host") == socket.gethostname():
+        if claim.host == socket.gethostname():
             try:
-                os.kill(int(claim.get("pid", 0)), 0)
+                os.kill(claim.pid, 0)
             except (ProcessLookupError, ValueError):
                 return None
             except PermissionError:
                 pass
         return claim
 
-    def attempt_outcomes(self) -> list[Outcome]:
+    def attempt_outcomes(self) -> list[AttemptOutcome]:
         out = []
         if self.attempts.is_dir():
             for d in sorted(self.attempts.iterdir()):
                 if (d / "outcome.json").exists():
                     try:
-                        out.append(Outcome.load(d / "outcome.json"))
+                        out.append(AttemptOutcome.load(d / "outcome.json"))
                     except (OSError, ValueError, TypeError):
                         continue
         return out
 
-    def committed(self) -> Outcome | None:
+    def committed(self) -> AttemptOutcome | None:
         try:
-            return Outcome.load(self.result / "outcome.json")
+            return AttemptOutcome.load(self.result / "outcome.json")
         except (OSError, ValueError, TypeError):
             return None
 
@@ -237,8 +217,7 @@ class JobDir:
         if self.result.exists():
             return None
         attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        record = json.dumps({"attempt": attempt, "worker": worker, "host": socket.gethostname(),
-                             "pid": os.getpid(), "started": time.time()})
+        record = ClaimRecord(attempt, worker, socket.gethostname(), os.getpid(), time.time()).to_json()
         for _ in range(2):
             try:
                 fd = os.open(self.active, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -260,7 +239,7 @@ class JobDir:
             return Claim(self, attempt, worker)
         return None
 
-    def write_outcome(self, claim: Claim, outcome: Outcome) -> None:
+    def write_outcome(self, claim: Claim, outcome: AttemptOutcome) -> None:
         _write_json(claim.dir / "outcome.json", asdict(outcome))
 
     def commit(self, claim: Claim) -> bool:

@@ -18,6 +18,7 @@ from .buckets import BucketRegistry
 from .classify import ClassifyRules
 from .config import NodeConfig
 from .db import Database, Job
+from .model import JobStatus
 from .dicomio import HeaderReader
 from .dispatch import Dispatcher, EmbeddedJobServer
 from .receiver import StorageReceiver
@@ -50,8 +51,8 @@ class Node:
         self.db = Database(layout.database)
         self.series = SeriesRecords(layout, self.rules)
         self.telemetry = NodeTelemetry(config.node_name, config.graphite, config.graphite_interval, gauges={
-            nm.QUEUE_LENGTH: lambda: self.db.count_jobs("queued"),
-            nm.JOBS_RUNNING: lambda: self.db.count_jobs("running"),
+            nm.QUEUE_LENGTH: lambda: self.db.count_jobs(JobStatus.QUEUED),
+            nm.JOBS_RUNNING: lambda: self.db.count_jobs(JobStatus.RUNNING),
         })
         self._on_job_hooks: list[Callable[[Job], None]] = [on_job] if on_job else []
         self.tracker = StudyTracker(self.db, self.archive, self.series, config.dicom.quiet_seconds,

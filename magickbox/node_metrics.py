@@ -9,7 +9,10 @@ Bucket measures (values a processing bucket reports about a study) are not node
 metrics: they go to ``hops.measures.<bucket>.<measure>`` with the study's time stamp and
 the long ``hops.`` retention, like phantom data.
 """
+
 from __future__ import annotations
+
+from .model import FINAL_STATUSES
 
 PREFIX = "hops.magickbox"
 
@@ -26,13 +29,7 @@ QUEUE_LENGTH = "jobs.queued"
 #: gauge: jobs running
 JOBS_RUNNING = "jobs.running"
 #: counters: jobs that ended, by final status
-JOB_STATUS_COUNTERS = {
-    "success": "jobs.success",
-    "failed": "jobs.failed",
-    "partial": "jobs.partial",
-    "timeout": "jobs.timeout",
-    "cancelled": "jobs.cancelled",
-}
+JOB_STATUS_COUNTERS = {status: f"jobs.{status.value}" for status in FINAL_STATUSES}
 #: gauge: seconds from study completion to container start, last job
 START_LATENCY = "jobs.start_latency"
 

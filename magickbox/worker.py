@@ -30,7 +30,8 @@ import gear
 
 from .buckets import BucketInfo, BucketRegistry
 from .layout import DataLayout
-from .jobfiles import JobDir, Outcome, decide_status, read_proc_json
+from .jobfiles import JobDir, decide_status, read_proc_json
+from .model import INFRASTRUCTURE_ERROR, AttemptOutcome, JobRequest, JobStatus
 from .periodic import Periodic
 from .runners import ContainerRunner, RunnerError, RunRequest, runner_for
 
@@ -50,7 +51,7 @@ def parse_servers(specs: Iterable[str]) -> list[tuple[str, int]]:
 
 
 def run_attempt(jobdir: JobDir, bucket: BucketInfo, worker_id: str, engine_url: str | None = None,
-                runners: dict | None = None) -> Outcome | None:
+                runners: dict | None = None) -> AttemptOutcome | None:
     """Run one attempt of a job if it can be claimed; returns its outcome (None if the
     job was already done or taken)."""
     claim = jobdir.claim(worker_id)
@@ -60,7 +61,7 @@ def run_attempt(jobdir: JobDir, bucket: BucketInfo, worker_id: str, engine_url: 
         log_path = claim.dir / "processing.log"
         log_path.touch()
         if jobdir.cancel_requested():
-            outcome = Outcome(claim.attempt, worker_id, "cancelled", "cancelled before it ran", None, time.time(),
+            outcome = AttemptOutcome(claim.attempt, worker_id, JobStatus.CANCELLED, "cancelled before it ran", None, time.time(),
                               time.time(), 0)
             jobdir.write_outcome(claim, outcome)
             jobdir.commit(claim)
@@ -78,7 +79,7 @@ def run_attempt(jobdir: JobDir, bucket: BucketInfo, worker_id: str, engine_url: 
                 labels={"hops.job": job_id, "hops.attempt": claim.attempt, "hops.worker": worker_id},
                 cancel_requested=jobdir.cancel_requested, scratch_dir=jobdir.path))
         except RunnerError as exc:
-            outcome = Outcome(claim.attempt, worker_id, "error", str(exc), None, started, time.time(),
+            outcome = AttemptOutcome(claim.attempt, worker_id, INFRASTRUCTURE_ERROR, str(exc), None, started, time.time(),
                               log_path.stat().st_size)
             jobdir.write_outcome(claim, outcome)
             log.warning("job %s: infrastructure failure: %s", job_id, exc)
@@ -86,7 +87,7 @@ def run_attempt(jobdir: JobDir, bucket: BucketInfo, worker_id: str, engine_url: 
         status, message = decide_status(result.exit_code, result.timed_out, result.cancelled,
                                         read_proc_json(claim.dir / "output" / "proc.json", claim.dir / "proc.json"),
                                         bucket.run.timeout)
-        outcome = Outcome(claim.attempt, worker_id, status, message, result.exit_code, result.started,
+        outcome = AttemptOutcome(claim.attempt, worker_id, status, message, result.exit_code, result.started,
                           result.finished, log_path.stat().st_size)
         jobdir.write_outcome(claim, outcome)
         if jobdir.commit(claim):
@@ -151,17 +152,17 @@ class Worker:
                     pass
 
     def _handle(self, job) -> None:
-        payload = json.loads(job.arguments)
-        jobdir = JobDir.of(self.layout, int(payload["job"]))
-        bucket = self.registry.by_ae_title(payload["bucket"])
+        request = JobRequest.decode(job.arguments)
+        jobdir = JobDir.of(self.layout, request.job_id)
+        bucket = self.registry.by_ae_title(request.bucket_ae)
         if bucket is None:
-            log.error("job %s: bucket %s is not installed on this worker", payload["job"], payload["bucket"])
+            log.error("job %s: bucket %s is not installed on this worker", request.job_id, request.bucket_ae)
             job.sendWorkFail()
             return
         outcome = run_attempt(jobdir, bucket, self.worker_id, self.engine_url, self._runners)
         self.jobs_done += 1
-        job.sendWorkComplete(json.dumps({"job": payload["job"], "status": outcome.status if outcome else "skipped"}
-                                        ).encode())
+        job.sendWorkComplete(json.dumps({"job": request.job_id,
+                                         "status": str(outcome.status) if outcome else "skipped"}).encode())
 
     def _sync_functions(self) -> None:
         wanted = {b.function: b for b in self.registry.all() if self._allowed(b)}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu, write_bucket
-from magickbox.db import FINAL_STATUSES
+from magickbox.model import FINAL_STATUSES
 
 OK_SCRIPT = 'echo \'[{"success": "success", "message": "fine"}]\' > "$2/proc.json"\n'
 

@@ -14,7 +14,7 @@ import pytest
 
 from magickbox.localpodman import IMAGE
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu, write_bucket
-from magickbox.db import FINAL_STATUSES
+from magickbox.model import FINAL_STATUSES
 
 CONTAINER_SCRIPT = """
 echo "job start on $(hostname)"

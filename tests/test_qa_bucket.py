@@ -19,7 +19,7 @@ import pytest
 
 from conftest import wait_for_values
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu
-from magickbox.db import FINAL_STATUSES
+from magickbox.model import FINAL_STATUSES
 from magickbox.qa.phantom import LAYOUTS, PhantomSpec, generate, write_series
 from measures_helper import send_measures
 from stability_collector.delivery import GraphiteAddress, GraphiteSender

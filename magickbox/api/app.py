@@ -120,7 +120,7 @@ def node_status(store: NodeStore) -> m.NodeStatus:
         http_port=store.http_port, uptime_seconds=round(__import__("time").time() - store.started, 1),
         disk_free_bytes=store.disk_free(), pending_studies=store.pending_study_count(), jobs=store.job_counts(),
         queue={ae: m.QueueEntry(**q) for ae, q in queue.items()},
-        load=sum(q["queued"] + q["running"] for q in queue.values()), buckets_error=store.buckets_error())
+        load=sum(sum(q.values()) for q in queue.values()), buckets_error=store.buckets_error())
 
 
 def ingest_upload(state: ApiState, spooled: Path, bucket_ae: str, sender: str, caller_ip: str) -> m.UploadResult:

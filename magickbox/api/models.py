@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..model import JobStatus
 from .store import BucketRecord, JobRecord
 
-Status = Literal["queued", "running", "success", "failed", "partial", "timeout", "cancelled"]
+Status = JobStatus
 
 
 class ErrorBody(BaseModel):
@@ -86,7 +87,7 @@ class Bucket(BaseModel):
     def of(cls, bucket: BucketRecord, queue: dict[str, int]) -> "Bucket":
         return cls(name=bucket.name, AETitle=bucket.ae_title, version=bucket.version, enabled=bucket.enabled,
                    description=bucket.description, license=bucket.license, runner=bucket.runner,
-                   queued=queue.get("queued", 0), running=queue.get("running", 0))
+                   queued=queue.get(JobStatus.QUEUED, 0), running=queue.get(JobStatus.RUNNING, 0))
 
 
 class Health(BaseModel):

@@ -31,9 +31,7 @@ from ..layout import DataLayout
 __all__ = ["NodeStore", "JobRecord", "BucketRecord", "JobQuery", "StoreConflict", "InstanceRejected",
            "JOB_STATUSES", "FINAL_STATUSES", "ACTIVE_STATUSES"]
 
-from ..db import FINAL_STATUSES, JOB_STATUSES  # noqa: E402  (the status vocabulary is the node's)
-
-ACTIVE_STATUSES = ("queued", "running")
+from ..model import ACTIVE_STATUSES, FINAL_STATUSES, JOB_STATUSES, JobStatus  # noqa: E402
 _LIST_COLUMNS = ("id", "bucket_ae", "calling_ae", "caller_ip", "source", "received", "completed", "series_count",
                  "instance_count", "follow_up_of", "status", "created", "started", "finished", "worker", "exit_code",
                  "log_size", "message", "attempts", "bucket_version", "committed", "input_scope")
@@ -201,11 +199,11 @@ class NodeStore:
     def queue_by_bucket(self) -> dict[str, dict[str, int]]:
         """{AE title: {"queued": n, "running": n}} for every bucket and every AE title
         with unfinished jobs."""
-        queue = {b.ae_title: {"queued": 0, "running": 0} for b in self.buckets()}
+        queue = {b.ae_title: {s.value: 0 for s in ACTIVE_STATUSES} for b in self.buckets()}
         rows = self._conn().execute("SELECT bucket_ae, status, count(*) FROM jobs WHERE status IN"
-                                    " ('queued', 'running') GROUP BY bucket_ae, status")
+                                    f" ('{JobStatus.QUEUED.value}', '{JobStatus.RUNNING.value}') GROUP BY bucket_ae, status")
         for ae, status, n in rows:
-            queue.setdefault(ae, {"queued": 0, "running": 0})[status] = n
+            queue.setdefault(ae, {s.value: 0 for s in ACTIVE_STATUSES})[status] = n
         return queue
 
     def pending_study_count(self) -> int:
@@ -330,7 +328,7 @@ class NodeStore:
         text = conn.execute(f"SELECT group_concat(line, char(10)) FROM (SELECT {_SEARCH_TEXT} AS line FROM jobs"
                             " WHERE id >= ? AND id < ? ORDER BY id DESC)", (low, high)).fetchone()[0]
         unfinished = conn.execute("SELECT count(*) FROM jobs WHERE id >= ? AND id < ? AND status IN"
-                                  " ('queued', 'running')", (low, high)).fetchone()[0]
+                                  f" ('{JobStatus.QUEUED.value}', '{JobStatus.RUNNING.value}')", (low, high)).fetchone()[0]
         if not unfinished and text:
             with self._cache_lock:
                 previous = self._search_cache.pop(block, None)
@@ -367,8 +365,8 @@ class NodeStore:
         if committed.is_file():
             return committed
         claim = jobdir.active_claim()
-        if claim is not None and isinstance(claim.get("attempt"), str) and "/" not in claim["attempt"]:
-            live = jobdir.attempts / claim["attempt"] / "processing.log"
+        if claim is not None and "/" not in claim.attempt:
+            live = jobdir.attempts / claim.attempt / "processing.log"
             if live.is_file():
                 return live
         try:

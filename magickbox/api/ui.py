@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from .search import SearchPatternError, compile_search
+from ..model import JobStatus
 from .store import ACTIVE_STATUSES, FINAL_STATUSES, JOB_STATUSES, JobQuery, StoreConflict
 from .tokens import TokenInfo
 
@@ -139,13 +140,13 @@ def _day(epoch: float) -> str:
 
 
 STATUS_HELP = {
-    "queued": "waiting for a worker",
-    "running": "being processed now",
-    "success": "finished; the bucket reported success",
-    "partial": "finished; the bucket reported a partial result",
-    "failed": "did not produce a result; the reason is on the job page",
-    "timeout": "stopped at the bucket's time limit",
-    "cancelled": "cancelled on request",
+    JobStatus.QUEUED: "waiting for a worker",
+    JobStatus.RUNNING: "being processed now",
+    JobStatus.SUCCESS: "finished; the bucket reported success",
+    JobStatus.PARTIAL: "finished; the bucket reported a partial result",
+    JobStatus.FAILED: "did not produce a result; the reason is on the job page",
+    JobStatus.TIMEOUT: "stopped at the bucket's time limit",
+    JobStatus.CANCELLED: "cancelled on request",
 }
 
 
