@@ -29,7 +29,7 @@ def parse_day(text: str) -> _dt.date:
     try:
         return _dt.date.fromisoformat(text)
     except ValueError:
-        from stability_collector.metrics import ConfigError
+        from stability_collector.core.errors import ConfigError
         raise ConfigError("date", f"expected YYYY-MM-DD, found {text!r}") from None
 
 

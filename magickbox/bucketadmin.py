@@ -17,9 +17,10 @@ import shutil
 import tarfile
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
+
+from stability_collector.core.fsutil import atomic_write
 
 from .buckets import BucketError, BucketInfo, load_bucket_info
 from .jobfiles import decide_status, read_proc_json
@@ -71,9 +72,7 @@ MEASURES = """{
 
 
 def _write_info(directory: Path, info: dict[str, Any]) -> None:
-    tmp = directory / f".info.json.{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, directory / "info.json")
+    atomic_write(directory / "info.json", json.dumps(info, indent=2) + "\n")
 
 
 def create_bucket(buckets_dir: Path, name: str, ae_title: str | None = None, runner: str = "process") -> BucketInfo:

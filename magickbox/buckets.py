@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from stability_collector.metrics import ConfigError
+from stability_collector.core.errors import ConfigError
 
 __all__ = ["BucketInfo", "BucketRegistry", "BucketError", "RunSpec", "load_bucket_info", "parse_enabled",
            "parse_size"]

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from stability_collector.metrics import ConfigError
+from stability_collector.core.errors import ConfigError
 
 from . import __version__
 from .classify import RulesError

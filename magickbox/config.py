@@ -70,10 +70,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from stability_collector.delivery import GraphiteAddress
+from stability_collector.core.graphite import GraphiteAddress, sanitize_node
 
 from .layout import DataLayout
-from stability_collector.metrics import ConfigError, sanitize_node
+from stability_collector.core.errors import ConfigError
 
 __all__ = ["NodeConfig", "DicomConfig", "TLSConfig", "AccessRule", "load_node_config", "ConfigError"]
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import gear
@@ -49,9 +48,8 @@ class EmbeddedJobServer:
     """An in-process gearman server on 127.0.0.1 (for nodes without gearmand)."""
 
     def __init__(self, port: int = 0):
-        from stability_collector.localgraphite import free_port
-        self.port = port or free_port()
-        self.server = gear.Server(port=self.port, host="127.0.0.1")
+        self.server = gear.Server(port=port, host="127.0.0.1")
+        self.port = self.server.port          # the bound port when 0 was asked for
 
     def stop(self) -> None:
         self.server.shutdown()

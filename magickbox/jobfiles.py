@@ -30,9 +30,11 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
+
+from stability_collector.core.fsutil import atomic_write
 
 from .layout import DataLayout
 from .model import AttemptOutcome, ClaimRecord, JobStatus
@@ -45,12 +47,7 @@ STALE_SECONDS = 15.0
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1), FILE_MODE)
 
 
 def read_proc_json(*candidates: Path) -> tuple[str | None, str]:

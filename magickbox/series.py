@@ -12,14 +12,14 @@ rename), so a reader never sees a half-written record.  Records are derived data
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pydicom.multival import MultiValue
+
+from stability_collector.core.fsutil import atomic_write
 
 from .layout import DataLayout
 from .classify import ClassifyRules, instance_lookup
@@ -73,10 +73,10 @@ def record_value(value: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    """Series records are rewritten often while a series arrives: atomic, not fsync'd
+    (the archived instances are durable; a record lost in a crash is rewritten by the
+    next instance of its series)."""
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True), FILE_MODE, durable=False)
 
 
 class SeriesRecords:

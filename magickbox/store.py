@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from stability_collector.core.fsutil import fsync_dir
+
 from . import __version__
 from .layout import DataLayout
 
@@ -249,14 +251,6 @@ class StoredInstance:
     size: int
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, buffers: list[bytes]) -> None:
     pending = [memoryview(b) for b in buffers if len(b)]
     while pending:
@@ -388,7 +382,7 @@ class DicomArchive:
                 if not d.exists():
                     d.mkdir(mode=DIR_MODE, exist_ok=True)
                     if self.fsync:
-                        _fsync_dir(d.parent)
+                        fsync_dir(d.parent, strict=True)
             self._known_dirs.add(path)
 
     def store(self, study: str, series: str, sop: str, header: bytes, body: SpoolBuffer | bytes,
@@ -432,11 +426,11 @@ class DicomArchive:
                 superseded.mkdir(mode=DIR_MODE, exist_ok=True)
                 os.link(final, superseded / f"{sop}.{time.time_ns()}.dcm")
                 if self.fsync:
-                    _fsync_dir(superseded)
+                    fsync_dir(superseded, strict=True)
                 outcome = StoreOutcome.REPLACED
             os.rename(tmp, final)
             if self.fsync:
-                _fsync_dir(directory)
+                fsync_dir(directory, strict=True)
         return StoredInstance(final, outcome, size)
 
     def _compare(self, final: Path, header: bytes, body: SpoolBuffer | bytes, sender: str) -> StoreOutcome:

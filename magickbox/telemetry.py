@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from typing import Callable, Mapping
 
-from stability_collector.delivery import DeliveryError, GraphiteAddress, GraphiteSender
+from stability_collector.core.graphite import DeliveryError, GraphiteAddress, GraphiteSender
 
 from . import node_metrics as nm
 from .periodic import Periodic

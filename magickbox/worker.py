@@ -23,7 +23,6 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Iterable
 
 import gear

@@ -18,6 +18,8 @@ import filecmp
 import os
 from pathlib import Path
 
+from .core.fsutil import atomic_write, fsync_dir
+
 __all__ = ["move_without_overwrite", "quarantine", "ArchiveError"]
 
 _NO_LINK_ERRNOS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
@@ -25,19 +27,6 @@ _NO_LINK_ERRNOS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, er
 
 class ArchiveError(OSError):
     """A report could not be moved; it stays where it is."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some network filesystems refuse fsync on directories
-    finally:
-        os.close(fd)
 
 
 def _candidates(name: str):
@@ -66,7 +55,7 @@ def move_without_overwrite(src: Path, dest_dir: Path) -> Path:
             except FileExistsError:
                 if filecmp.cmp(src, target, shallow=False):
                     os.unlink(src)
-                    _fsync_dir(src.parent)
+                    fsync_dir(src.parent)
                     return target
                 continue
             except OSError as exc:
@@ -75,29 +64,20 @@ def move_without_overwrite(src: Path, dest_dir: Path) -> Path:
                 if target.exists():
                     if filecmp.cmp(src, target, shallow=False):
                         os.unlink(src)
-                        _fsync_dir(src.parent)
+                        fsync_dir(src.parent)
                         return target
                     continue
                 os.rename(src, target)
-                _fsync_dir(dest_dir)
-                _fsync_dir(src.parent)
+                fsync_dir(dest_dir)
+                fsync_dir(src.parent)
                 return target
-            _fsync_dir(dest_dir)
+            fsync_dir(dest_dir)
             os.unlink(src)
-            _fsync_dir(src.parent)
+            fsync_dir(src.parent)
             return target
     except OSError as exc:
         raise ArchiveError(exc.errno, f"cannot move {src} into {dest_dir}: {exc.strerror or exc}") from None
     raise ArchiveError(errno.EEXIST, f"cannot move {src} into {dest_dir}: too many copies of {src.name}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def quarantine(src: Path, failed_dir: Path, reason: str) -> Path:
@@ -106,10 +86,9 @@ def quarantine(src: Path, failed_dir: Path, reason: str) -> Path:
     target = move_without_overwrite(src, failed_dir)
     when = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     try:
-        _write_atomic(target.with_name(target.name + ".error"),
-                      f"{reason}\n\nquarantined {when} from {src}\n"
-                      "Fix the file (or the configuration) and move it back to be ingested again.\n")
-        _fsync_dir(target.parent)
+        atomic_write(target.with_name(target.name + ".error"),
+                     f"{reason}\n\nquarantined {when} from {src}\n"
+                     "Fix the file (or the configuration) and move it back to be ingested again.\n")
     except OSError as exc:
         raise ArchiveError(exc.errno, f"moved {src} to {target} but could not write its .error file: {exc}") from None
     return target

@@ -19,9 +19,10 @@ from typing import Any, Sequence
 
 from . import __version__
 from .config import StabilityConfig, build_config, load_config_file
-from .delivery import GraphiteSender
+from .core.graphite import GraphiteSender
 from .ingest import MIN_AGE_SECONDS, Ingestor, Outcome, PassSummary, future_scan_message
-from .metrics import LAYOUTS, ConfigError, report_metrics, resolve_timezone
+from .metrics import LAYOUTS, report_metrics, resolve_timezone
+from .core.errors import ConfigError
 from .report import ReportParseError, read_report
 
 EXIT_OK, EXIT_LEFT, EXIT_USAGE, EXIT_QUARANTINED = 0, 1, 2, 3

@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .delivery import GraphiteAddress, GraphiteSender
+from .core.graphite import GraphiteAddress, GraphiteSender
 from .ingest import IngestSettings, Ingestor, ScannerSource
 from .localgraphite import GraphiteNotInstalled, LocalGraphite, whisper_value_at
 from .metrics import MetricLayout

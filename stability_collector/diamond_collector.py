@@ -66,9 +66,10 @@ else:
     _IMPORT_ERROR = None
 
 from .config import build_config, check_site
-from .delivery import GraphiteSender
+from .core.graphite import GraphiteSender
 from .ingest import DEFAULT_ARCHIVE_SUBDIR, DEFAULT_FAILED_SUBDIR, DEFAULT_SETTLE_SECONDS, Ingestor, Outcome
-from .metrics import ConfigError, ReportMetrics
+from .metrics import ReportMetrics
+from .core.errors import ConfigError
 
 __all__ = ["StabilityCollector"]
 

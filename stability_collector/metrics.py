@@ -38,13 +38,14 @@ from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .core.errors import ConfigError
+from .core.graphite import sanitize_node
 from .report import SECTION_COLUMNS, SECTION_NAMES, StabilityReport
 
 __all__ = [
     "LAYOUTS",
     "SUMMARY_METRICS",
     "TEMPLATE_FIELDS",
-    "ConfigError",
     "Datapoint",
     "MetricLayout",
     "ReportMetrics",
@@ -55,14 +56,6 @@ __all__ = [
     "sanitize_node",
     "original_column_node",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid.  ``key`` names the setting."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 #: Graphite node spelling of each column header.
@@ -124,7 +117,6 @@ LAYOUTS: Mapping[str, LayoutPreset] = {
 }
 
 DEFAULT_PREFIX = "hops.stability"
-_NODE_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 _PATH_OK = re.compile(r"[^\s.]+(\.[^\s.]+)*")
 
 
@@ -133,12 +125,6 @@ def original_column_node(header: str) -> str:
     becomes ``pct``, then every non-word character is removed (``sd[%]`` -> ``sdpct``,
     ``P2P[%]`` -> ``P2Ppct``, ``p[0]`` -> ``p0``)."""
     return re.sub(r"\W+", "", header.replace("[%]", "pct"))
-
-
-def sanitize_node(text: str) -> str:
-    """A safe single Graphite path node: anything but ``A-Z a-z 0-9 _ -`` becomes ``_``."""
-    node = _NODE_BAD.sub("_", text.strip())
-    return node or "_"
 
 
 def _sanitize_path(text: str) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .delivery import DeliveryError, GraphiteSender
+from .core.graphite import DeliveryError, GraphiteSender
 from .ingest import MIN_AGE_SECONDS, ScannerSource, future_scan_message
 from .metrics import MetricLayout, report_metrics, resolve_timezone
 from .report import ReportParseError, is_report_name, read_report, scan_time_from_name
@@ -25,7 +25,7 @@ __all__ = ["ReplaySummary", "replay", "parse_date"]
 
 def parse_date(text: str, key: str = "since") -> _dt.datetime:
     """``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM[:SS]`` (scanner-local wall-clock time)."""
-    from .metrics import ConfigError
+    from .core.errors import ConfigError
     try:
         return _dt.datetime.fromisoformat(text)
     except ValueError:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .metrics import ConfigError
+from .core.errors import ConfigError
 
 __all__ = ["Archive", "SchemaEntry", "parse_retentions", "parse_schemas", "load_schemas", "schema_for",
            "check_schemas", "schema_entries", "MAX_SECONDS_PER_POINT", "RECOMMENDED_YEARS", "HOPS_RETENTIONS"]

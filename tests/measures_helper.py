@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from magickbox.results.measures import SubjectPolicy, datapoint_lines, parse_measures
-from stability_collector.delivery import GraphiteSender
+from stability_collector.core.graphite import GraphiteSender
 
 
 def measures_datapoints(doc: dict[str, Any] | Path, timezone: str = "UTC", bucket: str = "bucket",

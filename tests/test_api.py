@@ -4,7 +4,6 @@ jobs (filters, pagination, detail, cancel, re-run, remove), live logs, streamed 
 from __future__ import annotations
 
 import io
-import json
 import os
 import ssl
 import stat

@@ -21,7 +21,7 @@ import yaml
 from conftest import REPO
 from magickbox import node_metrics as nm
 from measures_helper import send_measures
-from stability_collector.delivery import GraphiteAddress, GraphiteSender
+from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
 from stability_collector.ingest import IngestSettings, Ingestor, Outcome, ScannerSource
 from stability_collector.localgraphite import LocalGraphite, whisper_value_at
 from stability_collector.qa.config import build_qa_config

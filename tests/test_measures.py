@@ -11,7 +11,7 @@ import pytest
 from conftest import wait_for_values
 from magickbox.results.measures import (MeasureOutbox, MeasuresError, SubjectPolicy, datapoint_lines,
                                         parse_measures, study_time)
-from stability_collector.delivery import GraphiteAddress, GraphiteSender
+from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
 
 TZ = ZoneInfo("America/New_York")
 HEADER = {"StationName": "MR-PRISMA 1", "DeviceSerialNumber": "166012", "PatientName": "Doe^Jane",

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from conftest import REFERENCE, REPO, good_reference_reports
-from stability_collector.metrics import (LAYOUTS, ConfigError, MetricLayout, parse_coil_map, report_metrics,
-                                         resolve_timezone, scan_epoch, summaries)
+from stability_collector.metrics import LAYOUTS, MetricLayout, parse_coil_map, report_metrics, resolve_timezone, scan_epoch, summaries
+from stability_collector.core.errors import ConfigError
 from stability_collector.report import read_report
 from upstream_original import diamond_prefix, original_collector_names
 

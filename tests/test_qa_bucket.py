@@ -22,7 +22,7 @@ from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu
 from magickbox.model import FINAL_STATUSES
 from magickbox.qa.phantom import LAYOUTS, PhantomSpec, generate, write_series
 from measures_helper import send_measures
-from stability_collector.delivery import GraphiteAddress, GraphiteSender
+from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
 from test_qa_fbirn import DCIODVFY, GHOST_POINTS, RELATIVE
 
 SPEC = PhantomSpec(slices=7, volumes=34, seed=21, coil="HEAD_32", start="2025-03-04T08:15:30")

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from stability_collector.metrics import ConfigError
+from stability_collector.core.errors import ConfigError
 from stability_collector.qa.config import DEFAULT_LEVELS, build_qa_config, qa_node
-from stability_collector.qa.control import (RULES, TAIL_3SIGMA, Baseline, RuleParameters, estimate_baseline,
+from stability_collector.qa.control import (RULES, TAIL_3SIGMA, Baseline, estimate_baseline,
                                             rule_flags, t_upper_quantile)
 from stability_collector.qa.evaluate import (STATUS_ACTION, STATUS_OK, STATUS_TOLERANCE, ScannerActivity, Series,
                                              SeriesKey, evaluate_series, result_lines)

@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 
 from conftest import REPO
-from stability_collector.delivery import GraphiteAddress, GraphiteSender
+from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
 from stability_collector.ingest import IngestSettings, Ingestor, Outcome, ScannerSource
 from stability_collector.localgraphite import LocalGraphite, free_port
 from stability_collector.qa.cli import main as qa_main
@@ -44,7 +44,11 @@ def loaded(tmp_path_factory):
         summary = Ingestor(sources, IngestSettings(settle_seconds=0),
                            GraphiteSender(GraphiteAddress.parse(g.line_address))).run_pass()
         assert summary.count(Outcome.DELIVERED) == 117
-        g.wait_for_whisper(["hops.stability.prisma1.32ch.summary.snr_mean", "hops.stability.vida2.48ch.summary.ghost_mean"])
+        # every series the evaluator reads must exist before it runs (carbon creates files
+        # asynchronously; under load the last ones appear seconds after delivery)
+        g.wait_for_whisper([f"hops.stability.{scanner}.summary.{metric}"
+                            for scanner in ("prisma1.32ch", "vida2.20ch", "vida2.48ch")
+                            for metric in ("snr_mean", "fluctuation_pct", "drift_pct", "ghost_mean")], timeout=120)
         yield g
 
 

@@ -5,7 +5,7 @@ status API always used; times are Unix epoch seconds (float, UTC).
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 

@@ -279,7 +279,7 @@ class NodeStore:
         while block >= low_id // _BLOCK and len(found) <= query.limit:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the search took longer than {_SEARCH_BUDGET:g} s; narrow it with filters")
-            bottom, ceiling = block * _BLOCK, min((block + 1) * _BLOCK, top)
+            ceiling = min((block + 1) * _BLOCK, top)
             matches = [i for i in self._matches(self._block_text(conn, block), query.pattern) if i < ceiling]
             if matches and where:
                 marks = ",".join("?" * len(matches))

@@ -24,10 +24,11 @@ import re
 import secrets
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
+
+from stability_collector.core.fsutil import atomic_write
 
 __all__ = ["TokenStore", "TokenInfo", "TokenError", "ROLES"]
 
@@ -135,14 +136,7 @@ class TokenStore:
             os.close(fd)
 
     def _write(self, tokens: list[TokenInfo]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"version": 1, "tokens": [asdict(t) for t in tokens]}, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        os.chmod(self.path, 0o600)
+        atomic_write(self.path, json.dumps({"version": 1, "tokens": [asdict(t) for t in tokens]}, indent=1), 0o600)
 
     def create(self, name: str, role: str) -> str:
         """A new token (returned in clear, the only time it exists outside the caller)."""

@@ -35,15 +35,13 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
-from zoneinfo import ZoneInfo
 
-from stability_collector.delivery import DeliveryError, GraphiteSender
+from stability_collector.core.fsutil import atomic_write
+from stability_collector.core.graphite import DeliveryError, GraphiteSender
 
 __all__ = ["MeasuresError", "Measure", "MeasureSet", "SubjectPolicy", "parse_measures", "load_measures",
            "datapoint_lines", "phi_values", "study_time", "MeasureOutbox"]
@@ -291,21 +289,7 @@ class MeasureOutbox:
             raise ValueError(f"job key {job_key!r} is not a file-safe token")
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         target = self.directory / f"{job_key}.txt"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".part")
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write("".join(line + "\n" for line in lines))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(target, "".join(line + "\n" for line in lines), 0o640)
         return target
 
     def pending(self) -> list[Path]:

@@ -25,7 +25,6 @@ Failure modes: :class:`AssociationError` is never raised to the caller of
 """
 from __future__ import annotations
 
-import io
 import os
 import socket
 import struct

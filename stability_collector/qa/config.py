@@ -40,8 +40,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..delivery import GraphiteAddress
-from ..metrics import ConfigError, resolve_timezone, sanitize_node
+from ..core.graphite import GraphiteAddress
+from ..core.graphite import sanitize_node
+from ..metrics import resolve_timezone
+from ..core.errors import ConfigError
 from .control import MIN_BASELINE, RuleParameters, canonical_rule
 
 __all__ = ["Level", "LevelSet", "DEFAULT_LEVELS", "DEFAULT_METRICS", "DEFAULT_RULES", "ScannerQA",

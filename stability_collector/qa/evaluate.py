@@ -37,15 +37,15 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..delivery import DeliveryError, GraphiteSender
+from ..core.graphite import DeliveryError, GraphiteSender
 from .config import LevelSet, QAConfig, qa_node
 from .control import RULES, Baseline, estimate_baseline, ewma, rule_flags
 from .events import EventStore, ServiceEvent, sync_events
-from .graphiteweb import GraphiteWeb, GraphiteWebError, RenderedSeries
+from .graphiteweb import GraphiteWeb, GraphiteWebError
 
 __all__ = ["STATUS_OK", "STATUS_TOLERANCE", "STATUS_ACTION", "STATUS_NAMES", "SeriesKey", "Series",
            "Evaluation", "ScannerActivity", "evaluate_series", "read_series", "series_targets",

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ..metrics import ConfigError, sanitize_node
+from ..core.fsutil import atomic_write
+from ..core.graphite import sanitize_node
+from ..core.errors import ConfigError
 from .graphiteweb import GraphiteWeb, GraphiteWebError
 
 __all__ = ["ServiceEvent", "EventStore", "EventStoreError", "SERVICE_TAG", "event_tags", "scanner_tag", "post_event",
@@ -74,16 +76,6 @@ def event_tags(event: ServiceEvent) -> list[str]:
     if event.coil:
         tags.append(f"coil-{event.coil}")
     return tags
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some network filesystems refuse fsync on a directory
-    finally:
-        os.close(fd)
 
 
 class EventStore:
@@ -132,18 +124,9 @@ class EventStore:
 
     def _write(self, events: Sequence[ServiceEvent]) -> None:
         doc = {"format": _FORMAT, "events": [dataclasses.asdict(e) for e in sorted(events, key=lambda e: e.when)]}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, indent=1)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            _fsync_dir(self.dir)
+            atomic_write(self.path, json.dumps(doc, indent=1) + "\n")
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise EventStoreError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def list(self, scanner: str | None = None) -> list[ServiceEvent]:

@@ -16,13 +16,22 @@ scan time (the shipped storage-schemas.conf keeps 30 years).
 """
 from __future__ import annotations
 
+import re
 import socket
 import time
 from dataclasses import dataclass
 
-from .metrics import ConfigError
+from .errors import ConfigError
 
-__all__ = ["GraphiteAddress", "GraphiteSender", "DeliveryError"]
+__all__ = ["GraphiteAddress", "GraphiteSender", "DeliveryError", "sanitize_node"]
+
+_NODE_BAD = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def sanitize_node(text: str) -> str:
+    """A safe single Graphite path node: anything but ``A-Z a-z 0-9 _ -`` becomes ``_``."""
+    node = _NODE_BAD.sub("_", text.strip())
+    return node or "_"
 
 
 class DeliveryError(OSError):
