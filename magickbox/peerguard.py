@@ -29,10 +29,10 @@ Memory per connection is therefore bounded: a pending connection holds at most o
 A-ASSOCIATE-RQ (1 MiB), an association one PDU plus the data set being received (see
 the spool threshold in :mod:`.store`).
 
-The PDU reader and the DIMSE request hook replace private pynetdicom internals; like
-:mod:`.fastpath` they are written for pynetdicom 3.0 (:data:`SUPPORTED`).  Unlike the fast
-path they are not optional: :func:`install` raises on another pynetdicom version, and the
-node does not start.
+The PDU reader (:func:`guarded_read_pdu_data`) and the DIMSE request hook
+(:func:`guarded_serve_request`) replace private pynetdicom internals; they are installed
+with every other pynetdicom patch by :func:`magickbox.pynetdicom_patches.apply`, which
+refuses another pynetdicom version, so the node does not start unprotected.
 """
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pynetdicom
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
 from pynetdicom import evt
@@ -55,12 +54,12 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from .logsafe import printable
 
-__all__ = ["GuardLimits", "ConnectionGuard", "GuardedAssociationServer", "install", "SUPPORTED",
+__all__ = ["GuardLimits", "ConnectionGuard", "GuardedAssociationServer", "guarded_read_pdu_data",
+           "guarded_serve_request",
            "MAX_ASSOCIATE_RQ_BYTES", "MAX_COMMAND_SET_BYTES", "abort_pdu"]
 
 log = logging.getLogger("magickbox.peerguard")
 
-SUPPORTED = ("3.0.",)
 #: longest PDU accepted before an association is negotiated (an A-ASSOCIATE-RQ with 128
 #: presentation contexts of many transfer syntaxes is a few hundred KiB at most)
 MAX_ASSOCIATE_RQ_BYTES = 1 << 20
@@ -423,7 +422,7 @@ def _abort(dul: Any, conn: Connection, reason: int, kind: str, message: str) -> 
     _close(dul)
 
 
-def _guarded_read_pdu_data(self: Any) -> None:
+def guarded_read_pdu_data(self: Any) -> None:
     """Replaces ``DULServiceProvider._read_pdu_data`` for connections of a guarded server."""
     conn: Connection | None = getattr(self.assoc, "_hops_connection", None)
     if conn is None:
@@ -493,7 +492,7 @@ STATUS_MISSING_UID = 0xC220
 STATUS_MISSING_FIELD = 0xC210
 
 
-def _guarded_serve_request(self: Any, msg: Any, context_id: int) -> None:
+def guarded_serve_request(self: Any, msg: Any, context_id: int) -> None:
     conn: Connection | None = getattr(self, "_hops_connection", None)
     if conn is None or msg.is_valid_request:
         return _original_serve_request(self, msg, context_id)
@@ -517,20 +516,3 @@ def _guarded_serve_request(self: Any, msg: Any, context_id: int) -> None:
                               type(msg).__name__.replace("_", "-"), conn.address, ", ".join(missing))
     self.abort()
     return None
-
-
-_installed = False
-
-
-def install() -> None:
-    """Put the PDU reader and request hook in place (once).  Raises RuntimeError on a
-    pynetdicom version they were not written for."""
-    global _installed
-    if _installed:
-        return
-    if not pynetdicom.__version__.startswith(SUPPORTED):
-        raise RuntimeError(f"pynetdicom {pynetdicom.__version__}: the listener's protections are written for "
-                           f"{', '.join(SUPPORTED)}x; install pynetdicom 3.0 (setup.py pins it)")
-    _dul.DULServiceProvider._read_pdu_data = _guarded_read_pdu_data
-    _association.Association._serve_request = _guarded_serve_request
-    _installed = True

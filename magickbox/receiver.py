@@ -40,13 +40,12 @@ import logging
 import re
 import ssl
 import threading
-from typing import Any, Callable
+from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
-from pynetdicom import dimse_messages
 from pynetdicom.sop_class import Verification
 
-from . import fastpath, peerguard
+from . import peerguard, pynetdicom_patches
 from . import node_metrics as nm
 from .buckets import BucketRegistry
 from .config import NodeConfig
@@ -72,21 +71,6 @@ STATUS_CONFLICT = 0xC222
 STATUS_NOT_ALLOWED = 0xC223
 #: an AE title as DICOM defines it: 1-16 characters of the default repertoire, no backslash
 _AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
-
-# pynetdicom keeps an incoming data set in a BytesIO; a SpoolBuffer spills large ones
-# to the archive's tmp directory instead (the factory is set by the running receiver).
-_spool_factory: Callable[[], SpoolBuffer] | None = None
-_original_init = dimse_messages.DIMSEMessage.__init__
-
-
-def _spooling_init(self: Any) -> None:
-    _original_init(self)
-    if _spool_factory is not None:
-        self.data_set = _spool_factory()
-
-
-dimse_messages.DIMSEMessage.__init__ = _spooling_init  # type: ignore[method-assign]
-
 
 def _raw_text(dataset: Any, tag: int) -> str:
     """A UID element's text without pydicom's conversion (validated by us instead)."""
@@ -136,12 +120,10 @@ class StorageReceiver:
 
     def start(self) -> int:
         """Start listening; returns the bound port."""
-        global _spool_factory
         threshold = int(self.config.dicom.spool_threshold_mb * 1024 * 1024)
-        _spool_factory = lambda: self.archive.new_spool(threshold)  # noqa: E731
         _config.LOG_HANDLER_LEVEL = "none"          # pynetdicom's own logging can show patient data
-        peerguard.install()
-        fastpath.apply()
+        # data sets spill to the archive's tmp directory (SpoolBuffer) instead of a BytesIO
+        pynetdicom_patches.apply(spool_factory=lambda: self.archive.new_spool(threshold))
         # pynetdicom logs peer-controlled text verbatim, over several lines per event; the
         # events that matter are logged by this module and peerguard, one line each
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)

@@ -7,7 +7,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from magickbox import fastpath
+from magickbox import pynetdicom_patches
 
 
 def _generic_rsp_command(rsp: C_STORE) -> bytes:
@@ -23,11 +23,11 @@ def test_c_store_rsp_bytes_match_pynetdicom():
         rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
         rsp.AffectedSOPInstanceUID = sop
         rsp.Status = status
-        assert fastpath.encode_c_store_rsp(rsp) == _generic_rsp_command(rsp)
+        assert pynetdicom_patches.encode_c_store_rsp(rsp) == _generic_rsp_command(rsp)
 
 
 def test_c_store_rq_primitive_matches_pynetdicom():
-    assert fastpath.apply()
+    assert pynetdicom_patches.apply()
     req = C_STORE()
     req.MessageID = 12
     req.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
@@ -40,8 +40,8 @@ def test_c_store_rq_primitive_matches_pynetdicom():
     msg.primitive_to_message(req)
     msg.encoded_command_set = BytesIO(encode(msg.command_set, True, True))
     msg.context_id = 1
-    fast = fastpath._c_store_rq_to_primitive(msg)
-    generic = fastpath._original_c_store_to_primitive(msg)
+    fast = pynetdicom_patches._c_store_rq_to_primitive(msg)
+    generic = pynetdicom_patches._original_c_store_to_primitive(msg)
     for attr in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
                  "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID"):
         assert getattr(fast, attr) == getattr(generic, attr), attr

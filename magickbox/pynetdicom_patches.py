@@ -1,6 +1,20 @@
-"""Small, measured speed-ups of pynetdicom's receive path (applied by the receiver).
+"""Every change HOPS makes to pynetdicom, in one module, applied explicitly.
 
-Profiling a plain pynetdicom storage SCP (see ``benchmarks/bench_receive.py``) showed
+:func:`apply` (called by the receiver when it starts, never on import) installs them on
+the pynetdicom versions they were written for (:data:`SUPPORTED`) and raises
+RuntimeError on any other, because the listener's protections depend on them.  An
+outbound sender in the same process is not affected by the receive-side patches
+(:mod:`magickbox.results.send` speaks the upper layer on its own socket).
+
+**Protections** (:mod:`magickbox.peerguard`): every PDU's length is checked before it is
+read (``DULServiceProvider._read_pdu_data``) and requests are screened before they are
+served (``Association._serve_request``).
+
+**Spooling**: each incoming DIMSE message keeps its data set in a
+:class:`magickbox.store.SpoolBuffer` (memory, spilling to the archive's tmp directory)
+instead of a BytesIO (``DIMSEMessage.__init__``).
+
+**Speed-ups**, measured: profiling a plain pynetdicom storage SCP (see ``benchmarks/bench_receive.py``) showed
 that most of the time per instance is not DICOM work but waiting and generic encoding:
 
 1. The association reactor sleeps 1 ms between looks at its message queue, so every
@@ -30,6 +44,7 @@ import logging
 import queue
 import struct
 import time
+from typing import Any, Callable
 
 import pynetdicom
 from pynetdicom import association as _association
@@ -44,7 +59,7 @@ from pynetdicom.presentation import PresentationContext
 
 __all__ = ["apply", "SUPPORTED"]
 
-log = logging.getLogger("magickbox.fastpath")
+log = logging.getLogger("magickbox.pynetdicom_patches")
 
 SUPPORTED = ("3.0.",)
 _applied = False
@@ -214,16 +229,34 @@ def _copy_contexts(contexts, memo=None):
     return copies
 
 
-def apply() -> bool:
-    """Install the patches once; returns False (and leaves pynetdicom alone) on an
-    unsupported pynetdicom version."""
-    global _applied
+# -- 6. spooled data sets ----------------------------------------------------------------------
+_spool_factory: Callable[[], Any] | None = None
+_original_dimse_init = _dimse_messages.DIMSEMessage.__init__
+
+
+def _spooling_init(self: Any) -> None:
+    _original_dimse_init(self)
+    if _spool_factory is not None:
+        self.data_set = _spool_factory()
+
+
+def apply(spool_factory: Callable[[], Any] | None = None) -> bool:
+    """Install every patch once (``spool_factory``: makes the buffer an incoming data set
+    is kept in; the latest one given is used).  Raises RuntimeError on a pynetdicom
+    version the patches were not written for."""
+    global _applied, _spool_factory
+    if spool_factory is not None:
+        _spool_factory = spool_factory
     if _applied:
         return True
     if not pynetdicom.__version__.startswith(SUPPORTED):
-        log.warning("pynetdicom %s: receive fast path not applied (written for %s)", pynetdicom.__version__,
-                    ", ".join(SUPPORTED))
-        return False
+        raise RuntimeError(f"pynetdicom {pynetdicom.__version__}: magickbox's receiver is written for "
+                           f"{', '.join(SUPPORTED)}x (its protections patch it); install pynetdicom 3.0 "
+                           "(setup.py pins it)")
+    from . import peerguard
+    _dul.DULServiceProvider._read_pdu_data = peerguard.guarded_read_pdu_data
+    _association.Association._serve_request = peerguard.guarded_serve_request
+    _dimse_messages.DIMSEMessage.__init__ = _spooling_init
     _association.Association._run_reactor = _run_reactor
     _dul.DULServiceProvider._run_loop_delay = property(_get_delay, _set_delay)
     _dul.DULServiceProvider._is_transport_event = _is_transport_event
