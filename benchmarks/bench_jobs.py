@@ -23,10 +23,12 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # the podman launcher of the tests
 
 from bench_receive import MAGICKBOX, generate_study, send, stop  # noqa: E402
+from localpodman import Podman  # noqa: E402
+
 from magickbox.layout import DataLayout  # noqa: E402
-from magickbox.localpodman import Podman  # noqa: E402
 from stability_collector.localgraphite import free_port, wait_for_port  # noqa: E402
 
 NOOP = ["/bin/sh", "-c", "echo '[{\"success\": \"success\"}]' > /output/proc.json"]

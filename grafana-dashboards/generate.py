@@ -18,8 +18,18 @@ import sys
 from pathlib import Path
 
 from grafanalib._gen import DashboardEncoder
-from grafanalib.core import (Annotations, Dashboard, GridPos, RowPanel, Stat, Target, Template, Templating,
-                             Time, TimeSeries)
+from grafanalib.core import (
+    Annotations,
+    Dashboard,
+    GridPos,
+    RowPanel,
+    Stat,
+    Target,
+    Template,
+    Templating,
+    Time,
+    TimeSeries,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from magickbox import node_metrics as nm  # noqa: E402

@@ -22,15 +22,7 @@ from .db import Database
 from .model import ACTIVE_STATUSES, JobStatus
 from .store import DicomArchive
 
-__all__ = ["BackfillSummary", "backfill", "parse_day"]
-
-
-def parse_day(text: str) -> _dt.date:
-    try:
-        return _dt.date.fromisoformat(text)
-    except ValueError:
-        from stability_collector.core.errors import ConfigError
-        raise ConfigError("date", f"expected YYYY-MM-DD, found {text!r}") from None
+__all__ = ["BackfillSummary", "backfill"]
 
 
 @dataclass

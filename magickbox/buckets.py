@@ -24,10 +24,11 @@ from typing import Any, Mapping
 
 from stability_collector.core.errors import ConfigError
 
+from .model import AE_TITLE
+
 __all__ = ["BucketInfo", "BucketRegistry", "BucketError", "RunSpec", "load_bucket_info", "parse_enabled",
            "parse_size"]
 
-_AE_RE = re.compile(r"[\x20-\x7e]{1,16}")
 REQUIRED_KEYS = ("name", "description", "version", "AETitle", "license", "enabled")
 
 
@@ -132,12 +133,13 @@ def _parse_run(directory: Path, path: Path, run: Any) -> RunSpec:
             raise BucketError(path, "run.command", f"expected a list of strings, found {command!r}")
     entrypoint = run.get("entrypoint", "work.sh" if runner == "process" else None)
     if runner == "process":
-        target = (directory / entrypoint).resolve()
+        target = (directory / str(entrypoint)).resolve()
         if directory.resolve() not in target.parents:
             raise BucketError(path, "run.entrypoint", f"must be a file inside the bucket directory: {entrypoint!r}")
-    numbers = {}
-    for key, default, lo in (("timeout", 3600.0, 0.1), ("cpus", None, 0.01), ("concurrency", 1, 1),
-                             ("retries", 2, 0)):
+    numbers: dict[str, float | None] = {}
+    lows: tuple[tuple[str, float | None, float], ...] = (("timeout", 3600.0, 0.1), ("cpus", None, 0.01),
+                                                         ("concurrency", 1, 1), ("retries", 2, 0))
+    for key, default, lo in lows:
         value = run.get(key, default)
         if value is None:
             numbers[key] = None
@@ -159,9 +161,9 @@ def _parse_run(directory: Path, path: Path, run: Any) -> RunSpec:
     scope = run.get("input", "delivered")
     if scope not in ("delivered", "study"):
         raise BucketError(path, "run.input", f"expected 'delivered' or 'study', found {scope!r}")
-    return RunSpec(runner, image, tuple(command) if command else None, entrypoint, float(numbers["timeout"]),
+    return RunSpec(runner, image, tuple(command) if command else None, entrypoint, float(numbers["timeout"] or 0),
                    memory, numbers["cpus"], network, {k: str(v) for k, v in env.items()},
-                   int(numbers["concurrency"]), int(numbers["retries"]), scope)
+                   int(numbers["concurrency"] or 1), int(numbers["retries"] or 0), scope)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def load_bucket_info(directory: Path) -> BucketInfo:
         if not isinstance(data[key], str):
             raise BucketError(path, key, f"expected a string, found {data[key]!r}")
     ae = data["AETitle"]
-    if not isinstance(ae, str) or not _AE_RE.fullmatch(ae.strip()) or "\\" in ae:
+    if not isinstance(ae, str) or not AE_TITLE.fullmatch(ae.strip()) or "\\" in ae:
         raise BucketError(path, "AETitle", f"not a DICOM AE title (1-16 printable characters): {ae!r}")
     enabled = parse_enabled(data["enabled"])
     if enabled is None:

@@ -237,7 +237,9 @@ def cmd_buckets(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from .backfill import backfill, parse_day
+    from stability_collector.core.values import parse_date
+
+    from .backfill import backfill
     from .bucketadmin import find_bucket
     from .db import Database
     from .store import DicomArchive
@@ -247,8 +249,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     db = Database(layout.database)
     try:
         summary = backfill(db, DicomArchive(layout), layout.series_views, bucket,
-                           since=parse_day(args.since) if args.since else None,
-                           until=parse_day(args.until) if args.until else None,
+                           since=parse_date("since", args.since).date() if args.since else None,
+                           until=parse_date("until", args.until).date() if args.until else None,
                            match=args.match, dry_run=args.dry_run, force=args.force, progress=not args.no_progress)
     finally:
         db.close()

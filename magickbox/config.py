@@ -63,21 +63,21 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import socket
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from stability_collector.core.errors import ConfigError
 from stability_collector.core.graphite import GraphiteAddress, sanitize_node
+from stability_collector.core.values import parse_bool
 
 from .layout import DataLayout
-from stability_collector.core.errors import ConfigError
+from .model import AE_TITLE
 
 __all__ = ["NodeConfig", "DicomConfig", "TLSConfig", "AccessRule", "load_node_config", "ConfigError"]
 
-_AE_RE = re.compile(r"[\x20-\x7e]{1,16}")
 
 
 @dataclass(frozen=True)
@@ -185,9 +185,7 @@ def _float(key: str, value: Any, lo: float) -> float:
 
 
 def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(key, f"expected true or false, found {value!r}")
+    return parse_bool(key, value, strict=True)
 
 
 def _str(key: str, value: Any) -> str:
@@ -198,7 +196,7 @@ def _str(key: str, value: Any) -> str:
 
 def _ae(key: str, value: Any) -> str:
     text = _str(key, value).strip()
-    if not _AE_RE.fullmatch(text) or "\\" in text:
+    if not AE_TITLE.fullmatch(text) or "\\" in text:
         raise ConfigError(key, f"not a DICOM AE title (1-16 printable characters, no backslash): {value!r}")
     return text
 
@@ -386,6 +384,3 @@ def load_node_config(path: str | Path | None, overrides: Mapping[str, Any] | Non
         values["data_dir"] = str(Path(overrides["data_dir"]).resolve())
     return build_node_config(values, base)
 
-
-def with_overrides(config: NodeConfig, **changes: Any) -> NodeConfig:
-    return replace(config, **changes)

@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -61,7 +61,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
     bucket_version TEXT,
-    run_token TEXT,
     committed REAL,
     input_scope TEXT NOT NULL DEFAULT 'study'
 );
@@ -119,7 +118,6 @@ class Job:
     message: str
     attempts: int
     bucket_version: str | None
-    run_token: str | None = field(default=None, repr=False)
     committed: float | None = None
     input_scope: str = "study"
 
@@ -142,7 +140,7 @@ class Job:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "run_token"}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         return d
 
 
@@ -285,8 +283,10 @@ class Database:
 
     # -- jobs ------------------------------------------------------------------------
     @staticmethod
-    def _job(row: sqlite3.Row) -> Job:
-        d = dict(row)
+    def _job(row: sqlite3.Row | dict[str, Any]) -> Job:
+        """A job record from a row (columns a record does not have, such as those of
+        databases written by older versions, are ignored)."""
+        d = {k: v for k, v in dict(row).items() if k in Job.__dataclass_fields__}
         d["classification"] = json.loads(d["classification"] or "{}")
         return Job(**d)
 
@@ -304,7 +304,7 @@ class Database:
     def count_jobs(self, status: str) -> int:
         return self.execute("SELECT count(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
 
-    # -- the job lifecycle (dispatch) ---------------------------------------------------
+    # -- the job lifecycle (queue) ------------------------------------------------------
     def unfinished(self) -> list[tuple[Job, float | None, int]]:
         """(job, last submission time or None, submissions) of queued and running jobs."""
         rows = self.execute(
@@ -315,8 +315,7 @@ class Database:
         for r in rows:
             d = dict(r)
             submitted, count = d.pop("_submitted"), d.pop("_count")
-            d["classification"] = json.loads(d["classification"] or "{}")
-            out.append((Job(**d), submitted, count or 0))
+            out.append((self._job(d), submitted, count or 0))
         return out
 
     def mark_submitted(self, job_id: int, now: float, bucket_version: str | None) -> None:
@@ -364,7 +363,7 @@ class Database:
             f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{_QUEUED}', ?, ?)",
             (bucket_ae, calling_ae, caller_ip, study_uid, source, received, now, series_count, instance_count,
              json.dumps(classification), follow_up_of, now, bucket_version))])[0]
-        return self.job(cur.lastrowid)  # type: ignore[return-value]
+        return self.job(int(cur.lastrowid or 0))  # type: ignore[return-value]
 
     def jobs_for_study(self, study_uid: str, bucket_ae: str) -> list[Job]:
         rows = self.execute("SELECT * FROM jobs WHERE study_uid = ? AND bucket_ae = ? ORDER BY id",

@@ -10,20 +10,18 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from pathlib import Path
 from typing import Iterable
 
-from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import tag_for_keyword
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 
 from .series import SERIES_TAGS
 from .store import SpoolBuffer
 
-__all__ = ["HeaderError", "HeaderReader", "read_header_file"]
+__all__ = ["HeaderError", "HeaderReader"]
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -177,7 +175,3 @@ class HeaderReader:
         except Exception as exc:  # pydicom raises many kinds of errors on garbage
             raise HeaderError(f"not a readable DICOM data set ({type(exc).__name__}: {str(exc)[:200]})") from None
 
-
-def read_header_file(path: Path) -> Dataset:
-    """Header of an archived file (for rebuilding series records)."""
-    return dcmread(path, stop_before_pixels=True)

@@ -20,7 +20,7 @@ run the bucket into a fresh attempt directory, write ``outcome.json`` and **comm
 renaming the attempt directory to ``result`` — a rename that fails if a result already
 exists, so each job's result is committed exactly once even if a job is delivered twice.
 The node turns ``result/outcome.json`` into the job's final status (see
-:mod:`magickbox.dispatch`).  Works on one host and on a data root shared by several hosts.
+:mod:`magickbox.jobqueue`).  Works on one host and on a data root shared by several hosts.
 """
 from __future__ import annotations
 

@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JobStatus", "ACTIVE_STATUSES", "FINAL_STATUSES", "JOB_STATUSES", "INFRASTRUCTURE_ERROR", "Sender",
+__all__ = ["AE_TITLE", "JobStatus", "ACTIVE_STATUSES", "FINAL_STATUSES", "JOB_STATUSES", "INFRASTRUCTURE_ERROR", "Sender",
            "JobRequest", "ClaimRecord", "AttemptOutcome"]
+
+
+#: an AE title as DICOM defines it (PS3.5 AE): 1-16 characters of the default character
+#: repertoire without backslash (leading and trailing spaces are not significant)
+AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 
 
 class JobStatus(str, enum.Enum):
@@ -115,5 +121,7 @@ class AttemptOutcome:
 
     @classmethod
     def load(cls, path: Path) -> "AttemptOutcome":
+        """Raises OSError, ValueError (not JSON) or TypeError (not an outcome)."""
         data: dict[str, Any] = json.loads(path.read_text())
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+        values: dict[str, Any] = {k: data.get(k) for k in cls.__dataclass_fields__}
+        return cls(**values)

@@ -1,7 +1,7 @@
 """A magickbox node: wires the stages together and runs them in one process.
 
 receive (:mod:`.receiver`) → archive (:mod:`.store`) → classify (:mod:`.series`) →
-complete (:mod:`.studies`) → job record (:mod:`.db`) → queue (:mod:`.dispatch`, gearman) →
+complete (:mod:`.studies`) → job record (:mod:`.db`) → queue (:mod:`.jobqueue`, gearman) →
 run (:mod:`.worker`, :mod:`.runners`); node metrics (:mod:`.telemetry`) and the REST API
 and web UI (:mod:`.api`).
 """
@@ -11,22 +11,25 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from . import node_metrics as nm
 from .buckets import BucketRegistry
 from .classify import ClassifyRules
 from .config import NodeConfig
 from .db import Database, Job
-from .model import JobStatus
 from .dicomio import HeaderReader
-from .dispatch import Dispatcher, EmbeddedJobServer
+from .jobqueue import Dispatcher, EmbeddedJobServer
+from .model import JobStatus
 from .receiver import StorageReceiver
 from .series import SeriesRecords
 from .store import DicomArchive, make_private_dir
 from .studies import StudyTracker
 from .telemetry import NodeTelemetry
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .api.server import HttpServer
 
 __all__ = ["Node"]
 
@@ -73,7 +76,7 @@ class Node:
                              worker_id=f"{config.node_name}-embedded") if config.worker_enabled else None
         self.receiver = StorageReceiver(config, self.archive, self.registry, self.tracker, self.series,
                                         HeaderReader(self.rules.dicom_tags()), self.telemetry)
-        self.web = None
+        self.web: HttpServer | None = None
         self.dicom_port: int | None = None
         self.http_port: int | None = None
         self._stopped = threading.Event()

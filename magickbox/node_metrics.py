@@ -29,7 +29,7 @@ QUEUE_LENGTH = "jobs.queued"
 #: gauge: jobs running
 JOBS_RUNNING = "jobs.running"
 #: counters: jobs that ended, by final status
-JOB_STATUS_COUNTERS = {status: f"jobs.{status.value}" for status in FINAL_STATUSES}
+JOB_STATUS_COUNTERS: dict[str, str] = {status: f"jobs.{status.value}" for status in FINAL_STATUSES}
 #: gauge: seconds from study completion to container start, last job
 START_LATENCY = "jobs.start_latency"
 

@@ -51,8 +51,8 @@ from pynetdicom import association as _association
 from pynetdicom import dimse as _dimse
 from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom import dul as _dul
-from pynetdicom import transport as _transport
 from pynetdicom import evt
+from pynetdicom import transport as _transport
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext

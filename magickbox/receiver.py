@@ -37,7 +37,6 @@ Logs name AE titles, addresses, job numbers and short UID hashes, never patient 
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 import threading
 from typing import Any
@@ -45,12 +44,13 @@ from typing import Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
-from . import peerguard, pynetdicom_patches
 from . import node_metrics as nm
+from . import peerguard, pynetdicom_patches
 from .buckets import BucketRegistry
 from .config import NodeConfig
 from .dicomio import HeaderError, HeaderReader
 from .logsafe import printable
+from .model import AE_TITLE
 from .series import SeriesRecords
 from .store import DicomArchive, SpoolBuffer, StoreOutcome, file_meta
 from .studies import StudyTracker, uid_ref
@@ -69,8 +69,6 @@ STATUS_BAD_UID = 0xC220
 STATUS_UID_MISMATCH = 0xC221
 STATUS_CONFLICT = 0xC222
 STATUS_NOT_ALLOWED = 0xC223
-#: an AE title as DICOM defines it: 1-16 characters of the default repertoire, no backslash
-_AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 
 def _raw_text(dataset: Any, tag: int) -> str:
     """A UID element's text without pydicom's conversion (validated by us instead)."""
@@ -180,9 +178,9 @@ class StorageReceiver:
     def accepts(self, called: str, calling: str, ip: str) -> tuple[bool, tuple[int, int, int] | None, str]:
         """(accept?, reject reason (result, source, diagnostic), explanation)."""
         called, calling = called.strip(), calling.strip()
-        if not _AE_TITLE.fullmatch(calling):
+        if not AE_TITLE.fullmatch(calling):
             return False, (0x01, 0x01, 0x03), "the calling AE title is not a DICOM AE title"
-        if not _AE_TITLE.fullmatch(called):
+        if not AE_TITLE.fullmatch(called):
             return False, (0x01, 0x01, 0x07), "the called AE title is not a DICOM AE title"
         bucket = self.registry.by_ae_title(called)
         own = self.is_own(called)

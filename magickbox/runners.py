@@ -66,7 +66,6 @@ class RunRequest:
     log_path: Path
     labels: Mapping[str, str] = field(default_factory=dict)
     cancel_requested: Callable[[], bool] = lambda: False
-    on_started: Callable[[], None] = lambda: None
     #: where the process runner puts its private input copy (default: next to the output)
     scratch_dir: Path | None = None
 
@@ -149,7 +148,6 @@ class ContainerRunner:
         except Exception as exc:   # requests' connection errors and the like
             raise RunnerError(f"container engine failed: {exc}") from None
         started = time.time()
-        req.on_started()
         log_thread = threading.Thread(target=self._copy_logs, args=(container, req.log_path), daemon=True)
         log_thread.start()
         timed_out = cancelled = False
@@ -307,7 +305,6 @@ class ProcessRunner:
             except OSError as exc:
                 raise RunnerError(f"cannot start {entry}: {exc}") from None
         started = time.time()
-        req.on_started()
         deadline = time.monotonic() + spec.timeout
         timed_out = cancelled = False
         while proc.poll() is None:

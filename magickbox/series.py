@@ -15,14 +15,14 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from pydicom.multival import MultiValue
 
 from stability_collector.core.fsutil import atomic_write
 
-from .layout import DataLayout
 from .classify import ClassifyRules, instance_lookup
+from .layout import DataLayout
 from .store import DIR_MODE, FILE_MODE, make_private_dir
 
 __all__ = ["SeriesRecords", "SERIES_TAGS", "record_value"]
@@ -174,16 +174,3 @@ class SeriesRecords:
         return out
 
 
-    def rebuild(self, archive_root: Path, read_header: Callable[[Path], Any]) -> int:
-        """Recreate every record from the archive (after a rules change)."""
-        count = 0
-        for study_dir in sorted(p for p in archive_root.iterdir() if p.is_dir()):
-            for series_dir in sorted(p for p in study_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                target = self.path(study_dir.name, series_dir.name)
-                if target.exists():
-                    target.unlink()
-                self._records.pop((study_dir.name, series_dir.name), None)
-                for f in sorted(series_dir.glob("*.dcm")):
-                    self.update(study_dir.name, series_dir.name, read_header(f), True)
-                    count += 1
-        return count

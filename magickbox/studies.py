@@ -195,7 +195,8 @@ class StudyTracker:
             text = self._manifest_path(p.manifest).read_text(encoding="ascii")  # type: ignore[arg-type]
         except FileNotFoundError:
             text = ""
-        confirmed, intended = set(), set()
+        confirmed: set[tuple[str, str]] = set()
+        intended: set[tuple[str, str]] = set()
         for line in text.splitlines():
             target = intended if line.startswith("?") else confirmed
             series, _, sop = line.lstrip("?").partition("/")

@@ -28,8 +28,8 @@ from typing import Iterable
 import gear
 
 from .buckets import BucketInfo, BucketRegistry
-from .layout import DataLayout
 from .jobfiles import JobDir, decide_status, read_proc_json
+from .layout import DataLayout
 from .model import INFRASTRUCTURE_ERROR, AttemptOutcome, JobRequest, JobStatus
 from .periodic import Periodic
 from .runners import ContainerRunner, RunnerError, RunRequest, runner_for

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 
 from . import __version__
 from .config import StabilityConfig, build_config, load_config_file
+from .core.errors import ConfigError
 from .core.graphite import GraphiteSender
 from .ingest import MIN_AGE_SECONDS, Ingestor, Outcome, PassSummary, future_scan_message
 from .metrics import LAYOUTS, report_metrics, resolve_timezone
-from .core.errors import ConfigError
 from .report import ReportParseError, read_report
 
 EXIT_OK, EXIT_LEFT, EXIT_USAGE, EXIT_QUARANTINED = 0, 1, 2, 3
@@ -220,7 +220,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import parse_date, replay
+    from .core.values import parse_date
+    from .replay import replay
 
     config = _config_from(args)
     archive = Path(args.archive_dir)
@@ -230,8 +231,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     _checked(dataclasses.replace(config, scanners=(source,)))
     sender = GraphiteSender(config.require_graphite(), timeout=config.timeout)
     summary = replay(archive, source.name, config.layout, sender, timezone=source.timezone,
-                     since=parse_date(args.since, "since") if args.since else None,
-                     until=parse_date(args.until, "until") if args.until else None,
+                     since=parse_date("since", args.since) if args.since else None,
+                     until=parse_date("until", args.until) if args.until else None,
                      progress=not args.no_progress, source=source)
     print(summary.line())
     return EXIT_LEFT if summary.undelivered or summary.unparsable or summary.held else EXIT_OK

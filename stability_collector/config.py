@@ -35,12 +35,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from .core.errors import ConfigError
 from .core.graphite import GraphiteAddress
-from .ingest import (DEFAULT_ARCHIVE_SUBDIR, DEFAULT_FAILED_SUBDIR, DEFAULT_SETTLE_SECONDS,
-                     IngestSettings, ScannerSource, split_source_spec)
+from .ingest import (
+    DEFAULT_ARCHIVE_SUBDIR,
+    DEFAULT_FAILED_SUBDIR,
+    DEFAULT_SETTLE_SECONDS,
+    IngestSettings,
+    ScannerSource,
+    split_source_spec,
+)
 from .localgraphite import graphite_conf_text
 from .metrics import MetricLayout, resolve_timezone
-from .core.errors import ConfigError
 from .schemas import check_schemas, load_schemas, parse_schemas, schema_entries, schema_for
 
 __all__ = ["StabilityConfig", "load_config_file"]

@@ -14,12 +14,11 @@ import urllib.request
 from pathlib import Path
 
 from .core.graphite import GraphiteAddress, GraphiteSender
-from .ingest import IngestSettings, Ingestor, ScannerSource
+from .ingest import Ingestor, IngestSettings, ScannerSource
 from .localgraphite import GraphiteNotInstalled, LocalGraphite, whisper_value_at
-from .metrics import MetricLayout
+from .metrics import MetricLayout, report_metrics
 from .report import read_report
 from .samples import DEFAULT_SCANNERS, generate
-from .metrics import report_metrics
 
 _SPARK = "▁▂▃▄▅▆▇█"
 

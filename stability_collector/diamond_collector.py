@@ -66,10 +66,11 @@ else:
     _IMPORT_ERROR = None
 
 from .config import build_config, check_site
+from .core.errors import ConfigError
 from .core.graphite import GraphiteSender
+from .core.values import parse_bool
 from .ingest import DEFAULT_ARCHIVE_SUBDIR, DEFAULT_FAILED_SUBDIR, DEFAULT_SETTLE_SECONDS, Ingestor, Outcome
 from .metrics import ReportMetrics
-from .core.errors import ConfigError
 
 __all__ = ["StabilityCollector"]
 
@@ -117,10 +118,11 @@ def _as_list(value: Any) -> list[str]:
     return [i.strip() for i in items if i and i.strip()]
 
 
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("1", "true", "yes", "y", "on", "t")
+def _as_bool(value: Any, key: str = "setting") -> bool:
+    try:
+        return parse_bool(key, value)
+    except ConfigError:
+        return False            # Diamond's own convention: anything but a yes-word is off
 
 
 def _decimals(text: str) -> int:

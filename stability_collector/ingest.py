@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Callable, ContextManager, Sequence
 
 from .archive import ArchiveError, move_without_overwrite, quarantine
+from .core.errors import ConfigError
 from .core.graphite import DeliveryError, GraphiteSender
 from .metrics import MetricLayout, ReportMetrics, report_metrics, resolve_timezone
-from .core.errors import ConfigError
 from .report import ReportParseError, is_report_name, parse_report
 
 __all__ = [

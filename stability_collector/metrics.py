@@ -35,7 +35,7 @@ import math
 import re
 import string
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .core.errors import ConfigError
@@ -46,7 +46,6 @@ __all__ = [
     "LAYOUTS",
     "SUMMARY_METRICS",
     "TEMPLATE_FIELDS",
-    "Datapoint",
     "MetricLayout",
     "ReportMetrics",
     "report_metrics",
@@ -177,19 +176,6 @@ def scan_epoch(scan_time: _dt.datetime, tz: _dt.tzinfo | None) -> int:
     if tz is None:
         return int(scan_time.timestamp())
     return int(scan_time.replace(tzinfo=tz).timestamp())
-
-
-@dataclass(frozen=True)
-class Datapoint:
-    """One Graphite datapoint.  ``text`` is the value exactly as sent."""
-
-    path: str
-    value: float
-    timestamp: int
-    text: str
-
-    def line(self) -> str:
-        return f"{self.path} {self.text} {self.timestamp}\n"
 
 
 @dataclass(frozen=True)
@@ -387,10 +373,6 @@ class ReportMetrics:
         """Graphite plaintext protocol: ``path value epoch`` per line."""
         suffix = f" {self.timestamp}\n"
         return "".join([p + " " + t + suffix for p, t in zip(self.paths, self.texts)])
-
-    def datapoints(self) -> Iterator[Datapoint]:
-        for p, t in zip(self.paths, self.texts):
-            yield Datapoint(p, float(t), self.timestamp, t)
 
     def as_json(self) -> str:
         return json.dumps({

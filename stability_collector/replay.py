@@ -20,16 +20,7 @@ from .ingest import MIN_AGE_SECONDS, ScannerSource, future_scan_message
 from .metrics import MetricLayout, report_metrics, resolve_timezone
 from .report import ReportParseError, is_report_name, read_report, scan_time_from_name
 
-__all__ = ["ReplaySummary", "replay", "parse_date"]
-
-
-def parse_date(text: str, key: str = "since") -> _dt.datetime:
-    """``YYYY-MM-DD`` or ``YYYY-MM-DDTHH:MM[:SS]`` (scanner-local wall-clock time)."""
-    from .core.errors import ConfigError
-    try:
-        return _dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(key, f"expected a date like 2018-01-31 or 2018-01-31T08:00, found {text!r}") from None
+__all__ = ["ReplaySummary", "replay"]
 
 
 @dataclass

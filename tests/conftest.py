@@ -86,7 +86,7 @@ def wait_for_values(graphite: LocalGraphite, expected: dict[str, float], timesta
 @pytest.fixture(scope="session")
 def podman(tmp_path_factory):
     """A podman API service with a busybox image (``containers.IMAGE``)."""
-    from magickbox.localpodman import Podman
+    from localpodman import Podman
     service = Podman(tmp_path_factory.mktemp("podman")).start()
     service.build_busybox_image()
     yield service
@@ -110,6 +110,7 @@ class Gearmand:
 
     def start(self) -> "Gearmand":
         import subprocess
+
         from stability_collector.localgraphite import wait_for_port
         assert shutil.which("gearmand"), "gearmand is not installed (deploy/local/install-deps.sh)"
         self.proc = subprocess.Popen(

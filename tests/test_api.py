@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu
 from test_jobs import process_bucket
 

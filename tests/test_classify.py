@@ -6,9 +6,9 @@ import json
 
 import pydicom
 import pytest
+from dicom_helpers import MagickboxProcess, make_study, storescu, write_bucket
 from pydicom.dataset import Dataset
 
-from dicom_helpers import MagickboxProcess, make_study, storescu, write_bucket
 from magickbox.classify import ClassifyRules, RulesError, instance_lookup
 
 MANUAL_EXAMPLE = [  # the rules printed in the MagickBox manual (duplicates included)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from conftest import REFERENCE, TRUNCATED, copy_reports, good_reference_reports, reference_reports, wait_for_values
+
 from stability_collector.metrics import MetricLayout, report_metrics, resolve_timezone
 from stability_collector.report import read_report
 

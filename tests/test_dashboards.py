@@ -2,8 +2,8 @@
 with the sample reports (and sample magickbox node metrics)."""
 from __future__ import annotations
 
-import importlib.util
 import datetime as _dt
+import importlib.util
 import json
 import random
 import shutil
@@ -17,12 +17,12 @@ import urllib.request
 
 import pytest
 import yaml
-
 from conftest import REPO
-from magickbox import node_metrics as nm
 from measures_helper import send_measures
+
+from magickbox import node_metrics as nm
 from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
-from stability_collector.ingest import IngestSettings, Ingestor, Outcome, ScannerSource
+from stability_collector.ingest import Ingestor, IngestSettings, Outcome, ScannerSource
 from stability_collector.localgraphite import LocalGraphite, whisper_value_at
 from stability_collector.qa.config import build_qa_config
 from stability_collector.qa.evaluate import QAEvaluator

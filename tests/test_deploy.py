@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO
+
 from stability_collector.config import build_config, load_config_file
 
 DEPLOY = REPO / "deploy"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import configobj
 import pytest
-
 from conftest import REPO, TRUNCATED, copy_reports, good_reference_reports, reference_reports, wait_for_values
+from upstream_original import original_collector_names
+
 from stability_collector.metrics import MetricLayout, report_metrics, resolve_timezone
 from stability_collector.report import read_report
-from upstream_original import original_collector_names
 
 DIAMOND = shutil.which("diamond", path=os.path.dirname(sys.executable))
 SHIPPED = REPO / "deploy" / "diamond"

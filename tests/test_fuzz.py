@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import random
 
+from conftest import reference_reports
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import reference_reports
 from stability_collector.metrics import MetricLayout, report_metrics
 from stability_collector.report import ReportParseError, parse_report
 from stability_collector.samples import render_report

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TRUNCATED, copy_reports, good_reference_reports, reference_reports, wait_for_values
+
 from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
-from stability_collector.ingest import IngestSettings, Ingestor, Outcome, ScannerSource
+from stability_collector.ingest import Ingestor, IngestSettings, Outcome, ScannerSource
 from stability_collector.metrics import MetricLayout, report_metrics, resolve_timezone
 from stability_collector.report import read_report
 from stability_collector.watch import watch

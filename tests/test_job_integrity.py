@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pydicom
-
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu, write_bucket
+
 from magickbox.model import FINAL_STATUSES
 
 OK_SCRIPT = 'echo \'[{"success": "success", "message": "fine"}]\' > "$2/proc.json"\n'
@@ -301,7 +301,7 @@ def test_identical_instance_from_another_calling_ae_is_not_written_again(tmp_pat
 def test_completion_and_reconciliation_racing_submit_each_job_once(tmp_path):
     from magickbox.buckets import BucketRegistry
     from magickbox.db import Database
-    from magickbox.dispatch import Dispatcher, EmbeddedJobServer
+    from magickbox.jobqueue import Dispatcher, EmbeddedJobServer
     from magickbox.layout import DataLayout
     from magickbox.store import DicomArchive
     layout = DataLayout.of(tmp_path / "node")

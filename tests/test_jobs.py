@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from magickbox.localpodman import IMAGE
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu, write_bucket
+from localpodman import IMAGE
+
 from magickbox.model import FINAL_STATUSES
 
 CONTAINER_SCRIPT = """

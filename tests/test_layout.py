@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu, write_bucket
+
 from magickbox.layout import DataLayout
 
 CLASSIFY = [{"type": "phantom", "id": "PHANTOM", "rules": [{"tag": ["0x08", "0x60"], "value": "^MR$"}]}]

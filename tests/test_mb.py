@@ -12,7 +12,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study
 from test_jobs import process_bucket
 

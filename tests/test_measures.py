@@ -7,10 +7,16 @@ import json
 from zoneinfo import ZoneInfo
 
 import pytest
-
 from conftest import wait_for_values
-from magickbox.results.measures import (MeasureOutbox, MeasuresError, SubjectPolicy, datapoint_lines,
-                                        parse_measures, study_time)
+
+from magickbox.results.measures import (
+    MeasureOutbox,
+    MeasuresError,
+    SubjectPolicy,
+    datapoint_lines,
+    parse_measures,
+    study_time,
+)
 from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
 
 TZ = ZoneInfo("America/New_York")

@@ -18,7 +18,6 @@ from io import BytesIO
 from pathlib import Path
 
 import pydicom
-
 from dicom_helpers import MagickboxProcess, dataset_bytes, make_study, storescu, write_bucket
 
 #: documented bound (README, "Hostile peers") for what the flood of

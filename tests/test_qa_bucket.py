@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from conftest import wait_for_values
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu
+from measures_helper import send_measures
+from test_qa_fbirn import DCIODVFY, GHOST_POINTS, RELATIVE
+
 from magickbox.model import FINAL_STATUSES
 from magickbox.qa.phantom import LAYOUTS, PhantomSpec, generate, write_series
-from measures_helper import send_measures
 from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
-from test_qa_fbirn import DCIODVFY, GHOST_POINTS, RELATIVE
 
 SPEC = PhantomSpec(slices=7, volumes=34, seed=21, coil="HEAD_32", start="2025-03-04T08:15:30")
 FIGURES = ("roi_timecourse.png", "weisskoff.png", "sfnr.png", "report.png")

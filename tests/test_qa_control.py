@@ -9,13 +9,19 @@ import pytest
 
 from stability_collector.core.errors import ConfigError
 from stability_collector.qa.config import DEFAULT_LEVELS, build_qa_config, qa_node
-from stability_collector.qa.control import (RULES, TAIL_3SIGMA, Baseline, estimate_baseline,
-                                            rule_flags, t_upper_quantile)
-from stability_collector.qa.evaluate import (STATUS_ACTION, STATUS_OK, STATUS_TOLERANCE, ScannerActivity, Series,
-                                             SeriesKey, evaluate_series, result_lines)
+from stability_collector.qa.control import RULES, TAIL_3SIGMA, Baseline, estimate_baseline, rule_flags, t_upper_quantile
+from stability_collector.qa.evaluate import (
+    STATUS_ACTION,
+    STATUS_OK,
+    STATUS_TOLERANCE,
+    ScannerActivity,
+    Series,
+    SeriesKey,
+    evaluate_series,
+    result_lines,
+)
 from stability_collector.qa.events import ServiceEvent
-from stability_collector.qa.simulate import (drift_detection, false_alarm_fractions, step_detection,
-                                             synthetic_series)
+from stability_collector.qa.simulate import drift_detection, false_alarm_fractions, step_detection, synthetic_series
 
 DEFAULTS = build_qa_config({})
 # Scan-to-scan variation of the synthetic SNR series (coefficient of variation, %).  A 2 % step

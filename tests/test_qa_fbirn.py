@@ -18,8 +18,15 @@ from pydicom.uid import generate_uid
 
 from magickbox.qa.fbirn import FbirnSettings, analyse, roi_bounds, roi_ring_index
 from magickbox.qa.loader import LoadError, load_series
-from magickbox.qa.measures import (ConfigError, NAME_RE, build_measures, coil_name, load_config, metric_token,
-                                   scanner_name)
+from magickbox.qa.measures import (
+    NAME_RE,
+    ConfigError,
+    build_measures,
+    coil_name,
+    load_config,
+    metric_token,
+    scanner_name,
+)
 from magickbox.qa.phantom import LAYOUTS, PhantomSpec, generate, write_series
 
 DCIODVFY = shutil.which("dciodvfy", path=os.path.dirname(sys.executable)) or shutil.which("dciodvfy")

@@ -18,10 +18,10 @@ import urllib.parse
 import urllib.request
 
 import pytest
-
 from conftest import REPO
+
 from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
-from stability_collector.ingest import IngestSettings, Ingestor, Outcome, ScannerSource
+from stability_collector.ingest import Ingestor, IngestSettings, Outcome, ScannerSource
 from stability_collector.localgraphite import LocalGraphite, free_port
 from stability_collector.qa.cli import main as qa_main
 

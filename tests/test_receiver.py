@@ -11,12 +11,19 @@ from io import BytesIO
 from pathlib import Path
 
 import pydicom
-import pytest
 import pydicom.data
+import pytest
+from dicom_helpers import (
+    MAGICKBOX,
+    STORESCU_TS_FLAGS,
+    MagickboxProcess,
+    acknowledged_files,
+    dataset_bytes,
+    make_study,
+    storescu,
+    write_bucket,
+)
 from pydicom.uid import generate_uid
-
-from dicom_helpers import (MAGICKBOX, STORESCU_TS_FLAGS, MagickboxProcess, acknowledged_files, dataset_bytes, make_study, storescu,
-                           write_bucket)
 
 
 @pytest.fixture

@@ -5,10 +5,16 @@ import datetime as dt
 import random
 
 import pytest
-
 from conftest import REFERENCE, TRUNCATED, good_reference_reports
-from stability_collector.report import (SECTION_COLUMNS, SECTION_NAMES, ReportParseError, parse_report,
-                                        read_report, scan_time_from_name)
+
+from stability_collector.report import (
+    SECTION_COLUMNS,
+    SECTION_NAMES,
+    ReportParseError,
+    parse_report,
+    read_report,
+    scan_time_from_name,
+)
 from stability_collector.samples import render_report
 
 REF = "Stability_20180910T090910.txt"

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dicom_helpers import StorescpPeer, dataset_bytes, make_study
 from pydicom.data import get_testdata_file
 
-from dicom_helpers import StorescpPeer, dataset_bytes, make_study
-from magickbox.results.routing import (RoutingContext, RoutingError, execute_plan, parse_rules,
-                                       select_files)
+from magickbox.results.routing import RoutingContext, RoutingError, execute_plan, parse_rules, select_files
 from magickbox.results.send import Destination, echo, read_part10_header, send_files
 from stability_collector.localgraphite import free_port
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from conftest import REPO
+
 from stability_collector.metrics import summaries
 from stability_collector.report import read_report
 from stability_collector.samples import generate

@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_for_values
+
+from stability_collector.core.errors import ConfigError
 from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
-from stability_collector.ingest import IngestSettings, Ingestor, Outcome, ScannerSource
+from stability_collector.ingest import Ingestor, IngestSettings, Outcome, ScannerSource
 from stability_collector.localgraphite import LocalGraphite, graphite_conf_text
 from stability_collector.metrics import MetricLayout, report_metrics, resolve_timezone
-from stability_collector.core.errors import ConfigError
 from stability_collector.report import read_report
 from stability_collector.samples import render_report
 from stability_collector.schemas import check_schemas, parse_retentions, parse_schemas, schema_for

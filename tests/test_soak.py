@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pydicom
-
 from dicom_helpers import MagickboxProcess, acknowledged_files, dataset_bytes, make_study, write_bucket
 
 LONG = os.environ.get("HOPS_LONG") == "1"

@@ -13,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from dicom_helpers import MagickboxProcess, make_study, storescu
 from test_api import FAIL_SCRIPT, OK_SCRIPT, SLOW_SCRIPT, Api
 from test_jobs import process_bucket

@@ -26,12 +26,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
+
 from ..layout import DataLayout
 
 __all__ = ["NodeStore", "JobRecord", "BucketRecord", "JobQuery", "StoreConflict", "InstanceRejected",
            "JOB_STATUSES", "FINAL_STATUSES", "ACTIVE_STATUSES"]
 
 from ..model import ACTIVE_STATUSES, FINAL_STATUSES, JOB_STATUSES, JobStatus  # noqa: E402
+
 _LIST_COLUMNS = ("id", "bucket_ae", "calling_ae", "caller_ip", "source", "received", "completed", "series_count",
                  "instance_count", "follow_up_of", "status", "created", "started", "finished", "worker", "exit_code",
                  "log_size", "message", "attempts", "bucket_version", "committed", "input_scope")

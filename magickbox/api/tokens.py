@@ -14,6 +14,7 @@ file, so two CLI calls at once never lose a token.
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import hashlib
@@ -135,7 +136,7 @@ class TokenStore:
         finally:
             os.close(fd)
 
-    def _write(self, tokens: list[TokenInfo]) -> None:
+    def _write(self, tokens: "builtins.list[TokenInfo]") -> None:
         atomic_write(self.path, json.dumps({"version": 1, "tokens": [asdict(t) for t in tokens]}, indent=1), 0o600)
 
     def create(self, name: str, role: str) -> str:

@@ -23,8 +23,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from .search import SearchPatternError, compile_search
 from ..model import JobStatus
+from .search import SearchPatternError, compile_search
 from .store import ACTIVE_STATUSES, FINAL_STATUSES, JOB_STATUSES, JobQuery, StoreConflict
 from .tokens import TokenInfo
 

@@ -42,7 +42,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .rawdicom import frame_items, shared_values, value as _v
+from .rawdicom import frame_items, shared_values
+from .rawdicom import value as _v
 
 __all__ = ["Series", "LoadError", "load_series", "dicom_datetime"]
 

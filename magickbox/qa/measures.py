@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 from pydicom.dataset import Dataset
 
-from .fbirn import FbirnResult, SLICE_METRICS
+from .fbirn import SLICE_METRICS, FbirnResult
 from .rawdicom import value as _v
 
 __all__ = ["QaConfig", "ConfigError", "load_config", "metric_token", "scanner_name", "coil_name", "build_measures",

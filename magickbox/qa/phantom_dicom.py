@@ -16,8 +16,14 @@ from typing import Callable
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import (ExplicitVRLittleEndian, EnhancedMRImageStorage, MRImageStorage, PYDICOM_IMPLEMENTATION_UID,
-                         SecondaryCaptureImageStorage, generate_uid)
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    EnhancedMRImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from .phantom import Phantom
 

@@ -223,8 +223,12 @@ td:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
 def write_secondary_capture(png: Path, header, out: Path) -> Path:
     """``png`` as an RGB Secondary Capture Image in the phantom's study."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, SecondaryCaptureImageStorage, \
-        generate_uid
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
     plt = _pyplot()
     rgba = plt.imread(str(png))
     rgb = (np.clip(rgba[..., :3], 0, 1) * 255).round().astype(np.uint8)

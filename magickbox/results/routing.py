@@ -59,6 +59,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from stability_collector.core.errors import ConfigError
+from stability_collector.core.values import parse_bool
+
+from ..model import AE_TITLE
 from .send import Destination, SendReport
 
 __all__ = ["RoutingError", "RoutingTable", "RoutingRule", "RouteTarget", "RoutingContext", "RoutePlan",
@@ -68,7 +72,6 @@ _RULE_KEYS = {"name", "description", "comment", "AETitleIn", "AETitleFrom", "sta
               "RouteDirectory", "ClassifyType", "sendErrorAsDcm"}
 _DEST_KEYS = {"IP", "PORT", "AETitleSender", "AETitleTo", "break", "which", "retry", "description", "comment"}
 _TAG = re.compile(r"\(?([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)?")
-_AE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")       # default character repertoire, no backslash
 DEFAULT_RETRY_COUNT = 3
 DEFAULT_RETRY_BACKOFF = 30.0
 
@@ -273,13 +276,10 @@ def _regex(where: str, key: str, value: Any) -> str:
 def _flag(where: str, key: str, value: Any, default: bool) -> bool:
     if value is None:
         return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().upper() in ("T", "TRUE", "1", "YES", "F", "FALSE", "0", "NO"):
-        return value.strip().upper() in ("T", "TRUE", "1", "YES")
-    raise RoutingError(f"{where}: {key!r} must be 0/1 or \"T\"/\"F\", not {value!r}")
+    try:
+        return parse_bool(key, value)
+    except ConfigError:
+        raise RoutingError(f"{where}: {key!r} must be 0/1 or \"T\"/\"F\", not {value!r}") from None
 
 
 def _target(where: str, pattern: str, spec: Any) -> RouteTarget:
@@ -293,7 +293,7 @@ def _target(where: str, pattern: str, spec: Any) -> RouteTarget:
     for key in ("AETitleSender", "AETitleTo"):
         if key not in spec:
             raise RoutingError(f"{where}: {key!r} is missing")
-        if not isinstance(spec[key], str) or not (_AE.fullmatch(spec[key].strip()) or spec[key] == "$caller"):
+        if not isinstance(spec[key], str) or not (AE_TITLE.fullmatch(spec[key].strip()) or spec[key] == "$caller"):
             raise RoutingError(f"{where}: {key!r} must be an AE title (1-16 characters, no backslash), "
                                f"not {spec[key]!r}")
     if spec["AETitleSender"] == "$caller":

@@ -500,8 +500,11 @@ def _send_batch(batch, contexts, destination: Destination, timeout: float, repor
         return
     exact = {(abstract, syntaxes[0]): cid for cid, abstract, syntaxes in contexts
              if len(syntaxes) == 1 and assoc.accepted.get(cid)}
-    fallback = {abstract: (cid, assoc.accepted[cid]) for cid, abstract, syntaxes in contexts
-                if len(syntaxes) > 1 and assoc.accepted.get(cid)}
+    fallback: dict[str, tuple[int, str]] = {}
+    for cid, abstract, syntaxes in contexts:
+        accepted = assoc.accepted.get(cid)
+        if len(syntaxes) > 1 and accepted:
+            fallback[abstract] = (cid, accepted)
     message_id = 0
     try:
         for index, (result, header) in enumerate(batch):

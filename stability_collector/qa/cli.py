@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import __version__
-from ..core.graphite import GraphiteSender
 from ..core.errors import ConfigError
+from ..core.graphite import GraphiteSender
 from .config import DEFAULT_LEVELS, QAConfig, describe_levels, load_qa_config
 from .control import RULE_ALIASES, RULES
 from .evaluate import QAEvaluator, summarise

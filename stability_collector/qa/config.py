@@ -40,10 +40,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..core.graphite import GraphiteAddress
-from ..core.graphite import sanitize_node
-from ..metrics import resolve_timezone
 from ..core.errors import ConfigError
+from ..core.graphite import GraphiteAddress, sanitize_node
+from ..metrics import resolve_timezone
 from .control import MIN_BASELINE, RuleParameters, canonical_rule
 
 __all__ = ["Level", "LevelSet", "DEFAULT_LEVELS", "DEFAULT_METRICS", "DEFAULT_RULES", "ScannerQA",
@@ -267,7 +266,7 @@ def _rules(key: str, value: Any) -> tuple[str, ...]:
     for item in value:
         name = canonical_rule(item) if isinstance(item, str) else None
         if name is None:
-            from .control import RULES, RULE_ALIASES
+            from .control import RULE_ALIASES, RULES
             raise ConfigError(key, f"unknown rule {item!r}; known: {', '.join([*RULES, *RULE_ALIASES])}")
         if name not in out:
             out.append(name)

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from ..core.errors import ConfigError
 from ..core.fsutil import atomic_write
 from ..core.graphite import sanitize_node
-from ..core.errors import ConfigError
 from .graphiteweb import GraphiteWeb, GraphiteWebError
 
 __all__ = ["ServiceEvent", "EventStore", "EventStoreError", "SERVICE_TAG", "event_tags", "scanner_tag", "post_event",

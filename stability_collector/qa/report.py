@@ -30,8 +30,16 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from ..metrics import SUMMARY_METRICS  # noqa: E402
 from .config import QAConfig, describe_levels  # noqa: E402
 from .control import RULES  # noqa: E402
-from .evaluate import (STATUS_ACTION, STATUS_NAMES, STATUS_TOLERANCE, Evaluation, ScannerActivity,  # noqa: E402
-                       evaluate_series, read_series, scanner_activity)
+from .evaluate import (  # noqa: E402
+    STATUS_ACTION,
+    STATUS_NAMES,
+    STATUS_TOLERANCE,
+    Evaluation,
+    ScannerActivity,
+    evaluate_series,
+    read_series,
+    scanner_activity,
+)
 from .events import EventStore, ServiceEvent  # noqa: E402
 from .graphiteweb import GraphiteWeb  # noqa: E402
 

@@ -32,8 +32,8 @@ import gear
 from . import node_metrics as nm
 from .buckets import BucketRegistry
 from .db import Database, Job
-from .layout import DataLayout
 from .jobfiles import JobDir
+from .layout import DataLayout
 from .model import ACTIVE_STATUSES, INFRASTRUCTURE_ERROR, AttemptOutcome, JobRequest, JobStatus
 from .periodic import Periodic
 from .store import DicomArchive
@@ -41,7 +41,7 @@ from .studies import uid_ref
 
 __all__ = ["Dispatcher", "EmbeddedJobServer"]
 
-log = logging.getLogger("magickbox.dispatch")
+log = logging.getLogger("magickbox.jobqueue")
 
 
 class EmbeddedJobServer:
