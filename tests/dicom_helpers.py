@@ -106,6 +106,15 @@ def write_bucket(buckets_dir: Path, ae_title: str, enabled: bool = True, name: s
     return directory
 
 
+def process_bucket(buckets: Path, ae: str, script: str, **run) -> Path:
+    """A process-runner bucket whose work.sh is ``script`` (a ``#!/bin/sh`` line is added
+    unless it has one)."""
+    directory = write_bucket(buckets, ae, run={"runner": "process", **run})
+    (directory / "work.sh").write_text(script if script.startswith("#!") else "#!/bin/sh\n" + script)
+    (directory / "work.sh").chmod(0o755)
+    return directory
+
+
 class MagickboxProcess:
     """``magickbox serve`` in a subprocess with its own data dir and free ports."""
 
@@ -179,6 +188,18 @@ class MagickboxProcess:
             time.sleep(0.2)
         raise AssertionError(f"expected {count} job(s), have {len(jobs)}: {jobs}\n{self.log()[-3000:]}")
 
+    def wait_final(self, count: int, timeout: float = 120) -> list[dict]:
+        """At least ``count`` jobs, all in a final status (their details)."""
+        from magickbox.model import FINAL_STATUSES
+        deadline = time.monotonic() + timeout
+        jobs: list[dict] = []
+        while time.monotonic() < deadline:
+            jobs = self.jobs()
+            if len(jobs) >= count and all(j["status"] in FINAL_STATUSES for j in jobs):
+                return jobs
+            time.sleep(0.2)
+        raise AssertionError(f"jobs not final: {[(j['id'], j['status']) for j in jobs]}\n{self.log()[-4000:]}")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -202,6 +223,17 @@ def _toml(data: dict, prefix: str = "") -> str:
     return out
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 20) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for the exit."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class StorescpPeer:
     """dcmtk ``storescp`` as a receiving PACS on a free loopback port, storing every
     instance under ``out`` as received (``+B``); stopped by PID.  ``accept_all`` proposes
@@ -222,13 +254,7 @@ class StorescpPeer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def received_uids(self) -> set[str]:
@@ -270,13 +296,7 @@ class OrthancPeer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
         if getattr(self, "log", None):
             self.log.close()

@@ -13,29 +13,13 @@ import time
 from pathlib import Path
 
 import pydicom
-from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu, write_bucket
-
-from magickbox.model import FINAL_STATUSES
+from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, process_bucket, storescu, write_bucket
 
 OK_SCRIPT = 'echo \'[{"success": "success", "message": "fine"}]\' > "$2/proc.json"\n'
 
 
-def process_bucket(buckets: Path, ae: str, script: str, **run) -> Path:
-    directory = write_bucket(buckets, ae, run={"runner": "process", **run})
-    (directory / "work.sh").write_text(script if script.startswith("#!") else "#!/bin/sh\n" + script)
-    (directory / "work.sh").chmod(0o755)
-    return directory
 
 
-def wait_final(node: MagickboxProcess, count: int, timeout: float = 120) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    jobs: list[dict] = []
-    while time.monotonic() < deadline:
-        jobs = node.jobs()
-        if len(jobs) >= count and all(j["status"] in FINAL_STATUSES for j in jobs):
-            return jobs
-        time.sleep(0.2)
-    raise AssertionError(f"jobs not final: {[(j['id'], j['status']) for j in jobs]}\n{node.log()[-4000:]}")
 
 
 def sha256(path: Path) -> str:
@@ -81,7 +65,7 @@ def test_job_metrics_in_carbon_match_the_jobs_that_ran(own_carbon, tmp_path):
         assert cancel is not None, node.jobs()
         subprocess.run([MAGICKBOX, "jobs", "--data-dir", str(data), "--cancel", str(cancel["id"])], check=True,
                        capture_output=True)
-        jobs = wait_final(node, 6)
+        jobs = node.wait_final(6)
         time.sleep(1.5)                                  # one more report after the last commit
     finally:
         node.stop()
@@ -143,7 +127,7 @@ def test_a_bucket_that_rewrites_its_input_leaves_the_archive_byte_identical(tmp_
         storescu(node.dicom_port, "ProcRewrite", make_study(tmp_path / "s", 5))
         time.sleep(0.2)
         before = {p: sha256(p) for p in node.archived()}
-        job = wait_final(node, 1)[0]
+        job = node.wait_final(1)[0]
         after = {p: sha256(p) for p in node.archived()}
     finally:
         node.stop()
@@ -177,10 +161,10 @@ def test_a_blocked_caller_cannot_obtain_another_senders_instances(tmp_path):
         study = pydicom.dcmread(victim[0]).StudyInstanceUID
         storescu(node.dicom_port, "ProcA", victim, calling="SCANNER1")
         assert echo(node.dicom_port, "ProcA", "EVIL") != 0            # EVIL may not use ProcA
-        wait_final(node, 1)
+        node.wait_final(1)
         evil = make_study(tmp_path / "evil", 1, study_uid=study, PatientName="Evil^One")
         storescu(node.dicom_port, "ProcB", evil, calling="EVIL")
-        victim_job, evil_job = wait_final(node, 2)
+        victim_job, evil_job = node.wait_final(2)
     finally:
         node.stop()
     assert victim_job["status"] == evil_job["status"] == "success"
@@ -203,13 +187,13 @@ def test_whole_study_only_for_buckets_that_ask_and_callers_the_node_trusts(tmp_p
         victim = make_study(tmp_path / "victim", 10, PatientName="Victim^Ten")
         study = pydicom.dcmread(victim[0]).StudyInstanceUID
         storescu(node.dicom_port, "ProcA", victim, calling="SCANNER1")
-        wait_final(node, 1)
+        node.wait_final(1)
         evil = make_study(tmp_path / "evil", 1, study_uid=study, PatientName="Evil^One")
         storescu(node.dicom_port, "ProcWhole", evil, calling="EVIL")          # asks for the whole study
-        wait_final(node, 2)
+        node.wait_final(2)
         trusted = make_study(tmp_path / "trusted", 1, study_uid=study, PatientName="Trusted^Two")
         storescu(node.dicom_port, "ProcWhole", trusted, calling="TRUSTED")
-        _, evil_whole, trusted_whole = wait_final(node, 3)
+        _, evil_whole, trusted_whole = node.wait_final(3)
     finally:
         node.stop()
     assert evil_whole["status"] == trusted_whole["status"] == "success"

@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu, write_bucket
+from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, process_bucket, storescu, write_bucket
 from localpodman import IMAGE
-
-from magickbox.model import FINAL_STATUSES
 
 CONTAINER_SCRIPT = """
 echo "job start on $(hostname)"
@@ -33,22 +31,8 @@ def container_bucket(buckets: Path, ae: str, script: str, **run) -> Path:
                                           "command": ["/bin/sh", "-c", script], **run})
 
 
-def process_bucket(buckets: Path, ae: str, script: str, **run) -> Path:
-    directory = write_bucket(buckets, ae, run={"runner": "process", **run})
-    (directory / "work.sh").write_text("#!/bin/sh\n" + script)
-    (directory / "work.sh").chmod(0o755)
-    return directory
 
 
-def wait_final(node: MagickboxProcess, count: int, timeout: float = 120) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    jobs: list[dict] = []
-    while time.monotonic() < deadline:
-        jobs = node.jobs()
-        if len(jobs) >= count and all(j["status"] in FINAL_STATUSES for j in jobs):
-            return jobs
-        time.sleep(0.2)
-    raise AssertionError(f"jobs not final: {[(j['id'], j['status']) for j in jobs]}\n{node.log()[-4000:]}")
 
 
 def node_with(tmp_path: Path, gearman: str | None, engine: str | None = None, worker: bool = True,
@@ -68,9 +52,9 @@ def test_container_bucket_end_to_end(tmp_path, gearmand, podman):
     node.start()
     try:
         storescu(node.dicom_port, "ProcQA", make_study(tmp_path / "a", 4))
-        first = wait_final(node, 1)[0]
+        first = node.wait_final(1)[0]
         storescu(node.dicom_port, "ProcQA", make_study(tmp_path / "b", 2))
-        jobs = wait_final(node, 2)
+        jobs = node.wait_final(2)
     finally:
         node.stop()
     assert [j["status"] for j in jobs] == ["success", "success"], jobs
@@ -119,7 +103,7 @@ def test_timeout_kills_the_container_and_marks_timeout(tmp_path, gearmand, podma
     try:
         started = time.monotonic()
         storescu(node.dicom_port, "ProcSlow", make_study(tmp_path / "s", 1))
-        job = wait_final(node, 1, timeout=60)[0]
+        job = node.wait_final(1, timeout=60)[0]
         elapsed = time.monotonic() - started
     finally:
         node.stop()
@@ -206,7 +190,7 @@ def test_gearmand_killed_with_jobs_queued_runs_every_job_exactly_once(tmp_path, 
         assert gearmand.status()["bucketProcQ"][0] == 4
         worker = subprocess.Popen([MAGICKBOX, "worker", "--gearman", gearmand.address, "--data-dir",
                                    str(node.data_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        jobs = wait_final(node, 4)
+        jobs = node.wait_final(4)
         time.sleep(6)            # past resubmit_after: nothing runs again
     finally:
         if worker:
@@ -233,7 +217,7 @@ def test_worker_killed_mid_job_is_rerun_and_finishes(tmp_path, gearmand):
         first.kill()                                           # mid-job
         first.wait(10)
         second = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        job = wait_final(node, 1, timeout=90)[0]
+        job = node.wait_final(1, timeout=90)[0]
     finally:
         for p in (first, second):
             if p and p.poll() is None:
@@ -261,7 +245,7 @@ def test_node_restart_loses_and_doubles_no_job(tmp_path, request, embedded):
         node.wait_jobs(3)
         node.kill()                                            # with jobs queued and one running
         node.start()
-        jobs = wait_final(node, 3, timeout=90)
+        jobs = node.wait_final(3, timeout=90)
         time.sleep(6)
         jobs = node.jobs()
     finally:
@@ -297,7 +281,7 @@ def test_two_workers_take_only_their_buckets(tmp_path, gearmand):
         for i in range(3):
             for ae in ("ProcA", "ProcB"):
                 storescu(node.dicom_port, ae, make_study(tmp_path / f"{ae}{i}", 1))
-        jobs = wait_final(node, 6)
+        jobs = node.wait_final(6)
     finally:
         for p in workers.values():
             p.terminate()
@@ -314,7 +298,7 @@ def test_infrastructure_failure_is_retried_then_failed(tmp_path):
     node.start()
     try:
         storescu(node.dicom_port, "ProcE", make_study(tmp_path / "s", 1))
-        job = wait_final(node, 1, timeout=60)[0]
+        job = node.wait_final(1, timeout=60)[0]
     finally:
         node.stop()
     assert job["status"] == "failed" and "gave up after 2 attempt(s)" in job["message"]
@@ -332,7 +316,7 @@ def test_backfill_runs_a_new_bucket_over_archived_studies(tmp_path):
                                                           StudyDescription="KNEE left"))
         storescu(node.dicom_port, "ProcOld", make_study(tmp_path / "c", 1, StudyDate="20250601",
                                                           StudyDescription="HEAD follow-up"))
-        wait_final(node, 3)
+        node.wait_final(3)
         new = process_bucket(node.data_dir / "buckets", "ProcNew",
                              'find "$1" -name "*.dcm" | wc -l > "$2/n"; echo \'[{"success": "success"}]\' > "$2/proc.json"\n')
         base = [MAGICKBOX, "backfill", "ProcNew", "--data-dir", str(node.data_dir), "--no-progress"]
@@ -343,12 +327,12 @@ def test_backfill_runs_a_new_bucket_over_archived_studies(tmp_path):
                                text=True, check=True)
         assert "queued 1 study/studies" in since.stdout
         subprocess.run(base, capture_output=True, text=True, check=True)
-        jobs = wait_final(node, 6, timeout=90)
+        jobs = node.wait_final(6, timeout=90)
         again = subprocess.run(base, capture_output=True, text=True, check=True)
         assert "queued 0 study/studies, skipped 3 already done" in again.stdout
         forced = subprocess.run(base + ["--force", "--match", "KNEE"], capture_output=True, text=True, check=True)
         assert "queued 1 study/studies" in forced.stdout
-        jobs = wait_final(node, 7, timeout=90)
+        jobs = node.wait_final(7, timeout=90)
     finally:
         node.stop()
     backfilled = [j for j in jobs if j["bucket_ae"] == "ProcNew"]

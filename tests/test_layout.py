@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -29,16 +28,6 @@ def elsewhere(tmp_path: Path) -> tuple[dict, Path, Path]:
 
 def magickbox(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([MAGICKBOX, *args], capture_output=True, text=True, timeout=120)
-
-
-def wait_success(node: MagickboxProcess, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jobs = node.jobs()
-        if jobs and jobs[0]["status"] not in ("queued", "running"):
-            return jobs[0]
-        time.sleep(0.3)
-    raise AssertionError(f"no final job: {node.jobs()}\n{node.log()[-3000:]}")
 
 
 def check_commands(config_file: Path, data: Path, job: dict) -> None:
@@ -69,7 +58,7 @@ def test_every_path_setting_elsewhere(tmp_path, queue, request):
                                        config["gearman"]["servers"][0]], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.STDOUT)
         storescu(node.dicom_port, "ProcCopy", make_study(tmp_path / "study", 3))
-        job = wait_success(node)
+        job = node.wait_final(1, timeout=90)[0]
     finally:
         node.stop()
         if worker is not None:

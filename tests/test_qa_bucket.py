@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pydicom
@@ -21,7 +20,6 @@ from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu
 from measures_helper import send_measures
 from test_qa_fbirn import DCIODVFY, GHOST_POINTS, RELATIVE
 
-from magickbox.model import FINAL_STATUSES
 from magickbox.qa.phantom import LAYOUTS, PhantomSpec, generate, write_series
 from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
 
@@ -29,15 +27,6 @@ SPEC = PhantomSpec(slices=7, volumes=34, seed=21, coil="HEAD_32", start="2025-03
 FIGURES = ("roi_timecourse.png", "weisskoff.png", "sfnr.png", "report.png")
 
 
-def wait_final(node: MagickboxProcess, count: int, timeout: float) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    jobs: list[dict] = []
-    while time.monotonic() < deadline:
-        jobs = node.jobs()
-        if len(jobs) >= count and all(j["status"] in FINAL_STATUSES for j in jobs):
-            return jobs
-        time.sleep(0.5)
-    raise AssertionError(f"jobs not final: {[(j['id'], j['status']) for j in jobs]}\n{node.log()[-4000:]}")
 
 
 def output_of(node: MagickboxProcess, job: dict) -> Path:
@@ -75,7 +64,7 @@ def test_procqa_bucket_end_to_end_every_layout(tmp_path, graphite):
             storescu(node.dicom_port, "ProcQA", files, calling="PHANTOMSCANNER")
         # one job per study; Siemens XA classic sends every volume as its own study
         expected_jobs = len(LAYOUTS) - 1 + SPEC.volumes
-        jobs = wait_final(node, expected_jobs, timeout=600)
+        jobs = node.wait_final(expected_jobs, timeout=600)
     finally:
         node.stop()
     assert len(jobs) == expected_jobs
