@@ -65,6 +65,7 @@ def main() -> int:
                                  "--dicom-port", str(dport), "--dicom-host", "127.0.0.1", "--http-port", str(hport),
                                  "--quiet-seconds", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(dport, proc=node, what="magickbox")
+        wait_for_port(hport, proc=node, what="magickbox http")
         try:
             for i in range(args.jobs):
                 send(dport, "NOOP", generate_study(base / f"s{i}", 1, 10))
