@@ -26,9 +26,11 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_receive import MAGICKBOX, stop  # noqa: E402
+from benchlib import emit, row  # noqa: E402
 
 from magickbox.api.tokens import TokenStore  # noqa: E402
 from magickbox.db import Database  # noqa: E402
@@ -82,7 +84,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="a smoke run (5,000 jobs, median of 3)")
     args = ap.parse_args()
+    if args.quick:
+        args.jobs, args.repeat = 5000, 3
+    rows = []
     base = Path(tempfile.mkdtemp(prefix="hops-bench-api-"))
     data = base / "node"
     data.mkdir()
@@ -136,12 +142,15 @@ def main() -> int:
             same = [j["id"] for j in got] == [r["id"] for r in want]     # type: ignore[union-attr]
             ok = t_api <= TARGET and same
             failures += not ok
+            rows.append(row(f"job list, {args.jobs} jobs: {name}", round(t_api, 4), "s",
+                            f"SQLite alone {t_sql:.4f} s", t_api / t_sql, f"<= {TARGET} s, same rows", ok))
             print(f"{name:<36} {t_api:>8.4f} {t_sql:>9.4f} {t_api / t_sql:>9.1f}x  {len(got):>4}  "   # type: ignore
                   f"{'OK' if ok else ('DIFFERENT ROWS' if not same else 'ABOVE TARGET')}")
         client.close()
     finally:
         stop(node)
         shutil.rmtree(base, ignore_errors=True)
+    emit("bench_api_jobs", rows, quick=args.quick)
     return 1 if failures else 0
 
 

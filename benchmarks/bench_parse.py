@@ -15,7 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchlib import emit, row  # noqa: E402
 
 from stability_collector.metrics import MetricLayout, report_metrics  # noqa: E402
 from stability_collector.report import parse_report  # noqa: E402
@@ -63,7 +66,10 @@ def rate(fn, items, layout, seconds: float) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--quick", action="store_true", help="a smoke run (0.3 s each)")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds = 0.3
     items = corpus()
     layout = MetricLayout()
     ours = rate(parse_and_format, items, layout, args.seconds)
@@ -73,6 +79,9 @@ def main() -> int:
     print(f"ratio to reference:  {ours / ref:8.2f}x")
     print(f"ratio to target:     {ours / TARGET:8.2f}x  (target {TARGET:.0f} reports/s) "
           + ("OK" if ours >= TARGET else "BELOW TARGET"))
+    emit("bench_parse", [row("parse + format, one core", round(ours), "reports/s",
+                             f"tokenise only {ref:.0f} reports/s", ours / ref, f">= {TARGET:.0f} reports/s",
+                             ours >= TARGET)], quick=args.quick)
     return 0 if ours >= TARGET else 1
 
 

@@ -30,9 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pydicom  # noqa: E402
+from benchlib import emit, row  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
@@ -135,7 +137,10 @@ def main() -> int:
     ap.add_argument("--size-kb", type=int, default=130)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--big-mb", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="a smoke run (50 images, 1 round, a 20 MB instance)")
     args = ap.parse_args()
+    if args.quick:
+        args.images, args.rounds, args.big_mb = 50, 1, 20
     base = Path(tempfile.mkdtemp(prefix="hops-bench-"))
     try:
         shim = build_fsync_shim(base)
@@ -178,6 +183,15 @@ def main() -> int:
         growth = rss - idle
         print(f"peak RSS receiving one {args.big_mb} MB instance: {rss:.0f} MB, {growth:.0f} MB over the idle node "
               f"(target: < 50 MB over idle, whatever the instance size)" + ("  OK" if growth < 50 else "  ABOVE TARGET"))
+        label = f"{args.images} img of {args.size_kb} KB, one association, median of {args.rounds}"
+        emit("bench_receive", [
+            row(f"receive {label}", round(rate["magickbox"]), "img/s",
+                f"durable storescp {rate['storescp-durable']:.0f} img/s", ratio, ">= 0.5x", ratio >= 0.5),
+            row(f"receive {label}, vs plain storescp", round(rate["magickbox"]), "img/s",
+                f"storescp {rate['storescp']:.0f} img/s (acks before disk)", rate["magickbox"] / rate["storescp"]),
+            row(f"peak RSS receiving one {args.big_mb} MB instance, over the idle node", round(growth), "MB",
+                f"idle node {idle:.0f} MB", None, "< 50 MB", growth < 50),
+        ], quick=args.quick)
         return 0 if ratio >= 0.5 and growth < 50 else 1
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_receive import generate_study, run_storescp, send, stop  # noqa: E402
+from benchlib import emit, row  # noqa: E402
 
 from magickbox.results.send import Destination, send_files  # noqa: E402
 
@@ -33,7 +34,10 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--size-kb", type=int, default=130)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="a smoke run (50 images, 1 round)")
     args = ap.parse_args()
+    if args.quick:
+        args.images, args.rounds = 50, 1
     base = Path(tempfile.mkdtemp(prefix="hops-bench-route-"))
     try:
         files = generate_study(base / "study", args.images, args.size_kb)
@@ -66,6 +70,9 @@ def main() -> int:
         ratio = rate["magickbox"] / rate["storescu"]
         print(f"ratio magickbox send / dcmtk storescu: {ratio:.2f}x  (target >= 0.5)"
               + ("  OK" if ratio >= 0.5 else "  BELOW TARGET"))
+        emit("bench_route", [row(f"send {args.images} img of {args.size_kb} KB to storescp, median of {args.rounds}",
+                                 round(rate["magickbox"]), "img/s", f"dcmtk storescu {rate['storescu']:.0f} img/s",
+                                 ratio, ">= 0.5x", ratio >= 0.5)], quick=args.quick)
         return 0 if ratio >= 0.5 else 1
     finally:
         shutil.rmtree(base, ignore_errors=True)
