@@ -224,8 +224,8 @@ def part_receive(args: argparse.Namespace, base: Path) -> list[dict]:
         assert node.proc is not None
         with TreeMemory(node.proc.pid) as memory:
             runs["magickbox"] = send_concurrently(node.dicom_port, "NOOP", studies, base / "logs" / "magickbox")
-            node_peak = rss_mb(node.proc.pid)
-        jobs = node.wait_final(len(studies), timeout=120 + total / 20)
+            jobs = node.wait_final(len(studies), timeout=120 + total / 20)
+            node_peak = rss_mb(node.proc.pid)          # receiving and running the studies' jobs
         archived = node.archived()
     finally:
         node.stop()

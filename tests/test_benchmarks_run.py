@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quick_run_writes_one_table_with_every_benchmark(tmp_path: Path) -> None:
     output = tmp_path / "RESULTS.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run"), "--quick", "--output", str(output)],
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run"), "--quick", "--output", str(output),
+                           "--timeout", "300"],
                           cwd=ROOT, capture_output=True, text=True, timeout=540,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert output.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
