@@ -182,7 +182,7 @@ def test_measures_configuration_errors_name_the_key(tmp_path):
     bucket = write_bucket(tmp_path / "buckets", "ProcX", measures={"prefixes": ["hops..stability"]})
     with pytest.raises(BucketError) as berr:
         load_bucket_info(bucket)
-    assert "info.json: measures.prefixes: expected a list of dot-separated metric paths" in str(berr.value)
+    assert "info.json: measures.prefixes: expected a list of dot-separated metric paths (components" in str(berr.value)
     write_bucket(tmp_path / "buckets", "ProcX", measures={"subject": "name"})
     with pytest.raises(BucketError, match="measures.subject: expected one of station, serial, alias, hash"):
         load_bucket_info(bucket)

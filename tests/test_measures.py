@@ -91,3 +91,22 @@ def test_prefix_needs_permission_and_serial_aliases():
     assert datapoint_lines(parse_measures(doc(), TZ), "Q", HEADER, policy, TZ)[0].startswith("hops.measures.Q.prisma1.")
     unknown = datapoint_lines(parse_measures(doc(), TZ), "Q", {**HEADER, "DeviceSerialNumber": "9"}, policy, TZ)
     assert unknown[0].split(".")[3].startswith("h") and "9" != unknown[0].split(".")[3]
+
+
+def test_prefix_patterns_check_only_what_comes_from_data():
+    """A phantom named like the literal part of the site's pattern (PatientName
+    PHANTOM^FBIRN) does not refuse ``...fbirn``; a ``*`` component that holds an
+    identifying value does."""
+    phantom = {**HEADER, "PatientName": "PHANTOM^FBIRN", "PatientID": "PHANTOM-QA"}
+    pattern = ["hops.stability.*.*.fbirn"]
+    ms = parse_measures(doc(prefix="hops.stability.prisma1.32ch.fbirn"), TZ)
+    with pytest.raises(MeasuresError, match="identifying value"):
+        datapoint_lines(ms, "ProcQA", phantom, SubjectPolicy(), TZ, ["hops.stability"])
+    assert datapoint_lines(ms, "ProcQA", phantom, SubjectPolicy(), TZ, pattern)[0].startswith(
+        "hops.stability.prisma1.32ch.fbirn.snr ")
+    for prefix in ("hops.stability.prisma1.32ch.other", "hops.stability.prisma1.fbirn"):
+        with pytest.raises(MeasuresError, match="not allowed"):
+            datapoint_lines(parse_measures(doc(prefix=prefix), TZ), "ProcQA", phantom, SubjectPolicy(), TZ, pattern)
+    with pytest.raises(MeasuresError, match="identifying value"):
+        datapoint_lines(parse_measures(doc(prefix="hops.stability.phantom_qa.32ch.fbirn"), TZ), "ProcQA", phantom,
+                        SubjectPolicy(), TZ, pattern)

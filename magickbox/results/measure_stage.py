@@ -34,7 +34,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import pydicom
 
@@ -47,7 +47,8 @@ from ..periodic import Periodic
 from .measures import PHI_KEYWORDS, MeasuresError, SubjectPolicy, datapoint_lines, parse_measures, phi_values
 
 __all__ = ["MeasuresConfig", "BucketMeasures", "parse_measures_config", "parse_bucket_measures", "MeasureStage",
-           "job_measures", "study_header", "MEASURES_FILE"]
+           "MeasurePoint", "measure_points", "read_measures_file", "job_measures", "measures_summary",
+           "study_header", "MEASURES_FILE"]
 
 log = logging.getLogger("magickbox.measures")
 
@@ -60,7 +61,7 @@ MAX_MEASURES_BYTES = 16 << 20
 HEADER_KEYWORDS = ("StationName", "DeviceSerialNumber", "AcquisitionDateTime", "AcquisitionDate", "AcquisitionTime",
                    "SeriesDate", "SeriesTime", "StudyDate", "StudyTime") + PHI_KEYWORDS
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
-_PREFIX = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_PREFIX = re.compile(r"(?:[A-Za-z0-9_-]+|\*)(?:\.(?:[A-Za-z0-9_-]+|\*))*")
 _SUBJECTS = ("station", "serial", "alias", "hash")
 #: final statuses whose measures are sent
 SENT_STATUSES = (JobStatus.SUCCESS.value, JobStatus.PARTIAL.value)
@@ -126,9 +127,12 @@ class BucketMeasures:
 
         "measures": {"subject": "serial",          # overrides the node's [measures] subject
                      "alias": "phantom1",          # with "subject": "alias"
-                     "prefixes": ["hops.stability"]}   # prefixes measures.json may use
+                     "prefixes": ["hops.stability.*.*.fbirn"]}   # prefixes measures.json may use
 
-    Without ``prefixes`` the bucket's measures go to ``hops.measures.<AETitle>.<subject key>``."""
+    A prefix pattern's literal components are the site's (not checked); ``*`` components
+    and anything after the pattern come from data and are checked for identifying
+    values.  Without ``prefixes`` the bucket's measures go to
+    ``hops.measures.<AETitle>.<subject key>``."""
 
     subject: str | None = None
     alias: str = ""
@@ -202,7 +206,8 @@ def parse_bucket_measures(value: Any, key: str = "measures") -> BucketMeasures:
         raise ConfigError(f"{key}.alias", "missing (needed for \"subject\": \"alias\")")
     prefixes = value.get("prefixes", [])
     if not isinstance(prefixes, list) or not all(isinstance(p, str) and _PREFIX.fullmatch(p) for p in prefixes):
-        raise ConfigError(f"{key}.prefixes", f"expected a list of dot-separated metric paths, found {prefixes!r}")
+        raise ConfigError(f"{key}.prefixes", f"expected a list of dot-separated metric paths (components "
+                                             f"[A-Za-z0-9_-] or *), found {prefixes!r}")
     return BucketMeasures(subject, alias, tuple(prefixes))
 
 
@@ -258,6 +263,55 @@ def _one_per_series(root: Path) -> list[Path]:
         if first is not None:
             out.append(first)
     return out
+
+
+# -- from measures.json to datapoints ----------------------------------------------------------
+class MeasurePoint(NamedTuple):
+    """One measure as a Graphite datapoint: ``path value timestamp`` (epoch seconds)."""
+    name: str
+    value: float
+    unit: str
+    labels: Mapping[str, str]
+    timestamp: int
+    path: str
+
+    @property
+    def line(self) -> str:
+        """The plaintext protocol line (with its newline)."""
+        return f"{self.path} {self.value!r} {self.timestamp}\n"
+
+
+def read_measures_file(path: Path, source: str) -> str:
+    """The text of a bucket's measures.json: a regular file (no symbolic link) of at most
+    :data:`MAX_MEASURES_BYTES`, UTF-8.  :class:`MeasuresError` names ``source``."""
+    if path.is_symlink() or not path.is_file():
+        raise MeasuresError(f"{source}: not a regular file (a symbolic link or a directory): refused")
+    if path.stat().st_size > MAX_MEASURES_BYTES:
+        raise MeasuresError(f"{source}: larger than {MAX_MEASURES_BYTES >> 20} MB: refused")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MeasuresError(f"{source}: cannot read: {type(exc).__name__}") from None
+
+
+def measure_points(text: str, source: str, bucket_ae: str, settings: BucketMeasures, config: MeasuresConfig,
+                   study_files: Iterable[Path]) -> list[MeasurePoint]:
+    """The datapoints of a measures.json text for a study (``study_files``: DICOM files of
+    it, one per series), exactly as the node sends them.  Raises :class:`MeasuresError`
+    (invalid file, a prefix the bucket may not use, no time, an identifying value)."""
+    tz = config.tz
+    measure_set = parse_measures(text, tz, source)
+    if not measure_set.measures:
+        return []
+    header, phi = study_header(study_files)
+    lines = datapoint_lines(measure_set, sanitize_node(bucket_ae), header, subject_policy(config, settings), tz,
+                            settings.prefixes, phi=phi)
+    points = []
+    for measure, line in zip(measure_set.measures, lines):
+        metric, _value, epoch = line.split(" ")
+        points.append(MeasurePoint(measure.name, measure.value, measure.unit, dict(measure.labels), int(epoch),
+                                   metric))
+    return points
 
 
 # -- the job record ---------------------------------------------------------------------------
@@ -343,7 +397,7 @@ class MeasureStage:
         jobdir = self.layout.job_dir(job_id)
         path = jobdir / MEASURES_FILE
         source = f"job {job_id}: output/measures.json"
-        points: list[tuple[Any, ...]] = []
+        points: list[MeasurePoint] = []
         error = ""
         now = time.time()
         if (path.is_symlink() or path.exists()) and status not in SENT_STATUSES:
@@ -358,23 +412,13 @@ class MeasureStage:
         self.db.transaction([("INSERT OR IGNORE INTO measure_jobs (job_id, collected, source, error) VALUES (?, ?, ?, ?)",
                       (job_id, now, "output/measures.json" if path.exists() else "", error))]
                     + [("INSERT OR IGNORE INTO measure_points (job_id, name, value, unit, labels, time, path)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)", (job_id, *p)) for p in points])
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)", (job_id, p.name, p.value, p.unit, json.dumps(dict(p.labels)),
+                                                          p.timestamp, p.path)) for p in points])
         if points:
             log.info("job %d: %d measures recorded", job_id, len(points))
 
-    def _points(self, job_id: int, path: Path, source: str, bucket_ae: str,
-                study_uid: str) -> list[tuple[Any, ...]]:
-        if path.is_symlink() or not path.is_file():
-            raise MeasuresError(f"{source}: not a regular file (a symbolic link or a directory): refused")
-        if path.stat().st_size > MAX_MEASURES_BYTES:
-            raise MeasuresError(f"{source}: larger than {MAX_MEASURES_BYTES >> 20} MB: refused")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MeasuresError(f"{source}: cannot read: {type(exc).__name__}") from None
-        measure_set = parse_measures(text, self.tz, source)  # type: ignore[arg-type]
-        if not measure_set.measures:
-            return []
+    def _points(self, job_id: int, path: Path, source: str, bucket_ae: str, study_uid: str) -> list[MeasurePoint]:
+        text = read_measures_file(path, source)
         bucket = self.registry.by_ae_title(bucket_ae)
         try:
             settings = parse_bucket_measures(bucket.raw.get("measures")) if bucket is not None else BucketMeasures()
@@ -382,15 +426,7 @@ class MeasureStage:
             raise MeasuresError(f"bucket {bucket_ae} info.json: {exc}") from None
         files = _one_per_series(jobdir_input(self.layout, job_id)) or \
             _one_per_series(self.layout.archive / study_uid)
-        header, phi = study_header(files)
-        lines = datapoint_lines(measure_set, sanitize_node(bucket_ae), header, subject_policy(self.config, settings),
-                                self.tz, settings.prefixes, phi=phi)  # type: ignore[arg-type]
-        points = []
-        for measure, line in zip(measure_set.measures, lines):
-            metric, _value, epoch = line.split(" ")
-            points.append((measure.name, measure.value, measure.unit, json.dumps(dict(measure.labels)), int(epoch),
-                           metric))
-        return points
+        return measure_points(text, source, bucket_ae, settings, self.config, files)
 
     # -- delivery -------------------------------------------------------------------------------
     def deliver_waiting(self) -> tuple[int, str]:

@@ -221,6 +221,25 @@ def study_time(header: Mapping[str, str], tz: dt.tzinfo | None) -> dt.datetime |
     return None
 
 
+def granted_data(prefix: str, patterns: Iterable[str]) -> list[str] | None:
+    """The components of ``prefix`` that come from data, under the allowed pattern that
+    leaves the fewest (None: no pattern allows it).  A pattern is a dotted path whose
+    components are literal (the site's configuration, not checked) or ``*`` (any one
+    component, from data); components beyond the pattern are data too:
+    ``hops.stability.*.*.fbirn`` allows ``hops.stability.prisma1.32ch.fbirn`` with data
+    ``prisma1``, ``32ch``."""
+    parts = prefix.split(".")
+    best: list[str] | None = None
+    for pattern in patterns:
+        literal = pattern.split(".")
+        if len(parts) < len(literal) or not all(p in ("*", c) for p, c in zip(literal, parts)):
+            continue
+        data = [c for p, c in zip(literal, parts) if p == "*"] + parts[len(literal):]
+        if best is None or len(data) < len(best):
+            best = data
+    return best
+
+
 def datapoint_lines(measure_set: MeasureSet, bucket: str, header: Mapping[str, str], policy: SubjectPolicy,
                     tz: dt.tzinfo | None, allowed_prefixes: Iterable[str] = (),
                     phi: set[str] | None = None) -> list[str]:
@@ -235,12 +254,12 @@ def datapoint_lines(measure_set: MeasureSet, bucket: str, header: Mapping[str, s
         raise MeasuresError(f"bucket name {bucket!r} is not a metric-safe token")
     if measure_set.prefix:
         allowed = [p.rstrip(".") for p in allowed_prefixes]
-        if not any(measure_set.prefix == p or measure_set.prefix.startswith(p + ".") for p in allowed):
+        data_parts = granted_data(measure_set.prefix, allowed)
+        if data_parts is None:
             raise MeasuresError(f"prefix {measure_set.prefix!r} is not allowed for bucket {bucket!r} "
                                 f"(its info.json lists {allowed or 'none'} under measures.prefixes)")
         root = measure_set.prefix
-        granted = max((p for p in allowed if measure_set.prefix.startswith(p)), key=len)
-        from_data = measure_set.prefix[len(granted):].strip(".")
+        from_data = ".".join(data_parts)
     else:
         from_data = policy.key(header)
         root = f"hops.measures.{bucket}.{from_data}"
