@@ -366,6 +366,7 @@ class MeasureStage:
             if statement.strip():
                 db.execute(statement)
         self._floor = 0                       # every final job below this id is collected
+        self._postponed: set[int] = set()     # jobs whose files could not be read (warned once)
         self._retry_at = 0.0
         self._warned = False
         self.last_error = ""
@@ -384,10 +385,17 @@ class MeasureStage:
             f" WHERE jobs.id >= ? AND jobs.status NOT IN ({active}) AND m.job_id IS NULL"
             " ORDER BY jobs.id LIMIT ?", (self._floor, limit)).fetchall()
         done = 0
+        postponed = False
         for job_id, bucket_ae, study_uid, status in rows:
-            self.collect(job_id, bucket_ae, study_uid, status)
-            done += 1
-        if len(rows) < limit:
+            try:
+                self.collect(job_id, bucket_ae, study_uid, status)
+                done += 1
+            except OSError as exc:             # the file system, not the data: try again next pass
+                postponed = True
+                if job_id not in self._postponed:
+                    self._postponed.add(job_id)
+                    log.warning("job %d: measures not collected yet (%s); retried", job_id, type(exc).__name__)
+        if len(rows) < limit and not postponed:
             self._floor = max(self._floor, candidate)
         return done
 
@@ -409,6 +417,11 @@ class MeasureStage:
                 text = str(exc)
                 error = text if text.startswith(source) else f"{source}: {text}"
                 log.warning("job %d: measures.json refused, nothing sent (the reason is on the job record)", job_id)
+            except OSError:
+                raise
+            except Exception as exc:           # never let one job's file stop the stage
+                error = f"{source}: could not be processed ({type(exc).__name__}); nothing sent"
+                log.error("job %d: measures.json could not be processed (%s)", job_id, type(exc).__name__)
         self.db.transaction([("INSERT OR IGNORE INTO measure_jobs (job_id, collected, source, error) VALUES (?, ?, ?, ?)",
                       (job_id, now, "output/measures.json" if path.exists() else "", error))]
                     + [("INSERT OR IGNORE INTO measure_points (job_id, name, value, unit, labels, time, path)"
