@@ -10,6 +10,7 @@ import subprocess
 import time
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from conftest import wait_for_values
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, process_bucket, storescu, write_bucket
@@ -82,6 +83,10 @@ def test_measures_reach_carbon_at_acquisition_time_and_wait_for_it_across_a_rest
                        "time": "2024-03-15T09:15:30+00:00", "path": "hops.measures.ProcMeas.MR_Bay_1.snr",
                        "delivered": True}
         assert detail["measures_error"] is None
+        ui = httpx.Client(base_url=node.url)
+        assert ui.post("/ui/login", data={"token": node.token}).status_code == 303
+        page = ui.get(f"/ui/jobs/{job['id']}").text
+        assert "hops.measures.ProcMeas.MR_Bay_1.slice.03.sfnr" in page and "2024-03-15T09:15:30+00:00" in page
         # carbon goes down: the next job is final, its measures wait
         own_carbon.stop_carbon()
         storescu(node.dicom_port, "ProcMeas", second)
