@@ -46,8 +46,10 @@ find "$INPUT" -type f | wc -l > "$OUTPUT/file_count.txt"
 runs=$(cat "$MEMORY/runs" 2>/dev/null || echo 0)
 echo $((runs + 1)) > "$MEMORY/runs"
 
-# measures a bucket reports about the study (see measures.json)
-echo "{\\"file_count\\": $(cat "$OUTPUT/file_count.txt")}" > "$OUTPUT/measures.json"
+# numbers about the study for Graphite (README "measures.json"; the node sends them as
+# hops.measures.<AETitle>.<scanner>.<name>, time-stamped with the acquisition time)
+echo "{\\"version\\": 1, \\"measures\\": [{\\"name\\": \\"file_count\\", \\"value\\": $(cat "$OUTPUT/file_count.txt")}]}" \\
+  > "$OUTPUT/measures.json"
 
 # tell MagickBox how it went: success, partial or failed (and why)
 echo '[{"success": "success", "message": "counted the input files"}]' > "$OUTPUT/proc.json"
@@ -65,8 +67,10 @@ CMD ["/bin/sh", "/work.sh"]
 """
 
 MEASURES = """{
-  "description": "Example of bucket measures: write OUTPUT/measures.json with numbers about the study; they are kept with the job result.",
-  "example": {"file_count": 42, "whole_brain_volume_ml": 1180.5}
+  "version": 1,
+  "comment": "Example: write OUTPUT/measures.json with numbers about the study; the node records them on the job and sends them to Graphite at the study's acquisition time (README: measures.json).",
+  "measures": [{"name": "file_count", "value": 42},
+               {"name": "whole_brain_volume", "value": 1180.5, "unit": "ml", "labels": {"atlas": "mni"}}]
 }
 """
 

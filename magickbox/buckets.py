@@ -25,6 +25,7 @@ from typing import Any, Mapping
 from stability_collector.core.errors import ConfigError
 
 from .model import AE_TITLE
+from .results.measure_stage import parse_bucket_measures
 
 __all__ = ["BucketInfo", "BucketRegistry", "BucketError", "RunSpec", "load_bucket_info", "parse_enabled",
            "parse_size"]
@@ -218,6 +219,10 @@ def load_bucket_info(directory: Path) -> BucketInfo:
     enabled = parse_enabled(data["enabled"])
     if enabled is None:
         raise BucketError(path, "enabled", f"expected 1/0, true/false or T/F, found {data['enabled']!r}")
+    try:
+        parse_bucket_measures(data.get("measures"))
+    except ConfigError as exc:
+        raise BucketError(path, exc.key, str(exc).removeprefix(f"{exc.key}: ")) from None
     return BucketInfo(directory, data["name"], data["description"], data["version"], ae.strip(),
                       data["license"], enabled, _parse_run(directory, path, data.get("run")), data)
 

@@ -4,7 +4,7 @@
     magickbox worker --gearman HOST:PORT --data-dir DIR [--buckets AE,...]
     magickbox buckets list|create|run|install|remove|enable|disable ...
     magickbox backfill BUCKET --data-dir DIR [--since DATE] [--until DATE] [--match REGEX] [--dry-run]
-    magickbox jobs --data-dir DIR [--status S] [--cancel ID]
+    magickbox jobs --data-dir DIR [--status S] [--cancel ID] [--show ID]
     magickbox route test JOB|DIR [--success VALUE] | route echo HOST:PORT AETITLE
     magickbox qa phantom|analyse|install|bucket-dir ...   (phantom QA, see magickbox.qa.cli)
     magickbox tokens create|revoke|list --data-dir DIR [--role read|admin] [NAME]
@@ -26,6 +26,7 @@ from .classify import RulesError
 from .model import ACTIVE_STATUSES, JOB_STATUSES, JobStatus
 
 if TYPE_CHECKING:
+    from .db import Database
     from .layout import DataLayout
 
 
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(p)
     p.add_argument("--status", choices=[s.value for s in JOB_STATUSES])
     p.add_argument("--cancel", metavar="ID", type=int, help="cancel a queued or running job")
+    p.add_argument("--show", metavar="ID", type=int, help="one job with its measures (metric, value, time, delivered)")
 
     from .qa.cli import add_qa_parser
     add_qa_parser(sub)
@@ -266,6 +268,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from .db import Database
     from .jobfiles import JobDir
+    from .results.measure_stage import measures_summary
 
     layout = layout_from_args(args)
     db = Database(layout.database)
@@ -281,11 +284,35 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             JobDir.of(layout, job.id).request_cancel()
             print(f"cancel requested for job {job.id}")
             return 0
+        if args.show is not None:
+            return show_job(db, args.show)
         for job in reversed(db.jobs(args.status)):
+            measures = measures_summary(db, job.id)
             print(f"{job.id:>6} {job.status:<9} {job.bucket_ae:<16} {job.calling_ae:<16} {job.source:<8} "
-                  f"{job.instance_count:>5} inst  {job.message[:60]}")
+                  f"{job.instance_count:>5} inst  {job.message[:60]}" + (f"  [{measures[:80]}]" if measures else ""))
     finally:
         db.close()
+    return 0
+
+
+def show_job(db: "Database", job_id: int) -> int:
+    """``magickbox jobs --show ID``: the job's status and message, then its measures."""
+    from .results.measure_stage import job_measures
+    job = db.job(job_id)
+    if job is None:
+        print(f"no job {job_id}", file=sys.stderr)
+        return 1
+    print(f"job {job.id}: {job.status}  bucket {job.bucket_ae}  from {job.calling_ae}  {job.instance_count} inst"
+          + (f"\n  {job.message}" if job.message else ""))
+    measures, error = job_measures(db, job.id)
+    if error:
+        print(f"measures refused: {error}")
+    for m in measures:
+        unit = f" {m['unit']}" if m["unit"] else ""
+        print(f"  {m['path']} = {m['value']:g}{unit}  at {m['time']}  "
+              f"{'delivered' if m['delivered'] else 'waiting for Graphite'}")
+    if not measures and not error:
+        print("no measures")
     return 0
 
 

@@ -58,6 +58,15 @@ Validated at start-up; every error names the key (``dicom.port: expected an inte
     enabled = true                     # run an embedded worker in this node
     buckets = []                       # AE titles it runs; empty: all enabled buckets
     engine = ""                        # Docker-API URL (default $DOCKER_HOST or podman's socket)
+
+    [measures]                         # buckets' measures.json -> Graphite (magickbox.results.measure_stage)
+    timezone = ""                      # IANA zone of naive acquisition times; "" = this host's zone
+    subject = "station"                # subject key in hops.measures.<bucket>.<key>: station | serial | alias | hash
+    alias = ""                         # the key for subject = "alias"
+    salt = ""                          # secret for subject = "hash" (required then)
+    serial_aliases = {}                # DeviceSerialNumber -> alias (subject = "serial")
+    interval = 1                       # seconds between passes over newly finished jobs
+    retry_interval = 10                # seconds between delivery attempts while carbon is down
 """
 from __future__ import annotations
 
@@ -75,6 +84,7 @@ from stability_collector.core.values import parse_bool
 
 from .layout import DataLayout
 from .model import AE_TITLE
+from .results.measure_stage import MeasuresConfig, parse_measures_config
 
 __all__ = ["NodeConfig", "DicomConfig", "TLSConfig", "AccessRule", "load_node_config", "ConfigError"]
 
@@ -156,6 +166,7 @@ class NodeConfig:
     worker_enabled: bool = True
     worker_buckets: tuple[str, ...] = ()
     engine_url: str | None = None
+    measures: MeasuresConfig = field(default_factory=MeasuresConfig)
 
     @property
     def layout(self) -> DataLayout:
@@ -248,7 +259,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
 def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -> NodeConfig:
     """Validate a settings mapping (file content with flags merged in)."""
     top = _table("", values, {"node_name", "data_dir", "buckets_dir", "classify_rules", "dicom", "http",
-                              "graphite", "gearman", "worker"})
+                              "graphite", "gearman", "worker", "measures"})
     base = base_dir or Path.cwd()
 
     def path(key: str, value: Any) -> Path:
@@ -349,6 +360,7 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
         "worker_enabled": _bool("worker.enabled", wk.get("enabled", True)),
         "worker_buckets": tuple(_ae("worker.buckets", b) for b in _list("worker.buckets", wk.get("buckets", []))),
         "engine_url": _str("worker.engine", wk.get("engine", "")) or None,
+        "measures": parse_measures_config(top.get("measures")),
     }
     if node_name:
         kwargs["node_name"] = node_name

@@ -200,6 +200,10 @@ class Database:
                 cur.execute("ROLLBACK")
                 raise
 
+    def transaction(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> list[StatementResult]:
+        """Run statements in one transaction (for stages that keep their own tables)."""
+        return self._tx(statements)
+
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         with self._lock:
             return self._conn.execute(sql, args)

@@ -2,7 +2,7 @@
 
 receive (:mod:`.receiver`) → archive (:mod:`.store`) → classify (:mod:`.series`) →
 complete (:mod:`.studies`) → job record (:mod:`.db`) → queue (:mod:`.jobqueue`, gearman) →
-run (:mod:`.worker`, :mod:`.runners`); node metrics (:mod:`.telemetry`) and the REST API
+run (:mod:`.worker`, :mod:`.runners`) → measures (:mod:`.results.measure_stage`); node metrics (:mod:`.telemetry`) and the REST API
 and web UI (:mod:`.api`).
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .dicomio import HeaderReader
 from .jobqueue import Dispatcher, EmbeddedJobServer
 from .model import JobStatus
 from .receiver import StorageReceiver
+from .results.measure_stage import MeasureStage
 from .series import SeriesRecords
 from .store import DicomArchive, make_private_dir
 from .studies import StudyTracker
@@ -71,6 +72,7 @@ class Node:
         self.dispatcher = Dispatcher(layout, self.db, self.archive, self.registry, servers,
                                      count=self.telemetry.count,
                                      resubmit_after=config.resubmit_after if config.gearman_servers else float("inf"))
+        self.measures = MeasureStage(layout, self.db, self.registry, config.measures, config.graphite)
         self.telemetry.gauges[nm.START_LATENCY] = lambda: self.dispatcher.last_start_latency
         self.worker = Worker(layout, servers, list(config.worker_buckets) or None, config.engine_url,
                              worker_id=f"{config.node_name}-embedded") if config.worker_enabled else None
@@ -114,6 +116,7 @@ class Node:
             self.worker.start()
         self.dispatcher.reconcile()
         self.dispatcher.start()
+        self.measures.start()
         self.tracker.recover()
         self.tracker.start()
         self.telemetry.start()
@@ -136,6 +139,7 @@ class Node:
         if self.worker is not None:
             self.worker.stop()
         self.dispatcher.stop()
+        self.measures.stop()
         if self.job_server is not None:
             self.job_server.stop()
         self.telemetry.stop()

@@ -30,7 +30,10 @@ def test_create_run_list_enable_remove(tmp_path):
     run = mb("buckets", "run", "qa-count", str(tmp_path / "in"), str(tmp_path / "out"), "--data-dir", str(data))
     assert run.stdout.startswith("success: counted the input files")
     assert (tmp_path / "out" / "file_count.txt").read_text().strip() == "3"
-    assert json.loads((tmp_path / "out" / "measures.json").read_text()) == {"file_count": 3}
+    assert json.loads((tmp_path / "out" / "measures.json").read_text()) == {
+        "version": 1, "measures": [{"name": "file_count", "value": 3}]}
+    from magickbox.results.measures import parse_measures
+    assert parse_measures((bucket / "measures.json").read_text(), None).measures[1].unit == "ml"
     assert (bucket / "memory" / "runs").read_text().strip() == "1"
     (bucket / "work.sh").write_text("#!/bin/sh\nexit 4\n")
     failed = mb("buckets", "run", "qa-count", str(tmp_path / "in"), str(tmp_path / "out2"), "--data-dir", str(data),

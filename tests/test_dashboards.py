@@ -18,7 +18,6 @@ import urllib.request
 import pytest
 import yaml
 from conftest import REPO
-from measures_helper import send_measures
 
 from magickbox import node_metrics as nm
 from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
@@ -52,11 +51,22 @@ FBIRN_DATES = {"prisma1": [(_dt.date(2025, 1, 6) + _dt.timedelta(days=14 * n)).i
 
 def load_fbirn_samples(base, sender) -> list[str]:
     """Synthetic phantom scans through the real bucket code (loader, analysis,
-    measures.json), delivered with the test helper; returns metrics to wait for."""
+    measures.json) and the node's measures code (the shipped bucket's settings, the
+    study's header, confirmed delivery); returns metrics to wait for.  (A running node
+    delivering them is tested in test_qa_bucket.py.)"""
     from magickbox.qa.bucket import run
+    from magickbox.qa.cli import BUCKET_DIR
     from magickbox.qa.measures import load_config
     from magickbox.qa.phantom import PhantomSpec, generate, write_series
+    from magickbox.results.measure_stage import (
+        measure_points,
+        parse_bucket_measures,
+        parse_measures_config,
+        read_measures_file,
+    )
     config = load_config({"coil_aliases": {coil: alias for _, coil, alias in FBIRN_SCANNERS}})
+    bucket_measures = parse_bucket_measures(json.loads((BUCKET_DIR / "info.json").read_text())["measures"])
+    node_measures = parse_measures_config({"timezone": "UTC"})
     waits = []
     rng = random.Random(15)       # in control: about 1 % scan-to-scan variation of the noise
     for i, (station, coil, alias) in enumerate(FBIRN_SCANNERS):
@@ -64,12 +74,14 @@ def load_fbirn_samples(base, sender) -> list[str]:
             spec = PhantomSpec(slices=7, volumes=34, station_name=station, coil=coil, start=start, seed=10 * i + j,
                                noise=5.0 * (1 + 0.01 * rng.gauss(0, 1)), ghost=2.0 + i)
             series = base / f"fbirn-{station}-{alias}-{j}"
-            write_series(generate(spec), series / "in", "enhanced")
+            files = write_series(generate(spec), series / "in", "enhanced")
             (series / "out").mkdir()
             status, message = run(series / "in", series / "out", None, config, report=False)
             assert status == "success", message
-            points = send_measures(sender, series / "out" / "measures.json", timezone="UTC")
-            waits.extend(points)
+            text = read_measures_file(series / "out" / "measures.json", "measures.json")
+            points = measure_points(text, "measures.json", "ProcQA", bucket_measures, node_measures, files[:1])
+            sender.deliver("".join(p.line for p in points))
+            waits.extend(p.path for p in points)
     return sorted(set(waits))
 
 

@@ -1,5 +1,5 @@
-"""measures.json: validation, metric paths without patient data, study-time stamps, and
-durable delivery into a real carbon-cache."""
+"""measures.json: validation, metric paths without patient data, study-time stamps
+(delivery by the node: tests/test_measure_stage.py)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,17 +7,8 @@ import json
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import wait_for_values
 
-from magickbox.results.measures import (
-    MeasureOutbox,
-    MeasuresError,
-    SubjectPolicy,
-    datapoint_lines,
-    parse_measures,
-    study_time,
-)
-from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
+from magickbox.results.measures import MeasuresError, SubjectPolicy, datapoint_lines, parse_measures, study_time
 
 TZ = ZoneInfo("America/New_York")
 HEADER = {"StationName": "MR-PRISMA 1", "DeviceSerialNumber": "166012", "PatientName": "Doe^Jane",
@@ -102,19 +93,20 @@ def test_prefix_needs_permission_and_serial_aliases():
     assert unknown[0].split(".")[3].startswith("h") and "9" != unknown[0].split(".")[3]
 
 
-def test_outbox_keeps_measures_until_carbon_confirms(tmp_path, own_carbon):
-    lines = datapoint_lines(parse_measures(doc(), TZ), "ProcOutbox", HEADER, SubjectPolicy("alias", alias="s1"), TZ)
-    outbox = MeasureOutbox(tmp_path / "outbox")
-    outbox.put("job17", lines)
-    sender = GraphiteSender(GraphiteAddress.parse(own_carbon.line_address), timeout=3)
-    own_carbon.stop_carbon()
-    delivered, error = outbox.flush(sender)
-    assert delivered == 0 and error and [p.name for p in outbox.pending()] == ["job17.txt"]
-    # a restart of the node: a new outbox object on the same directory still has it
-    own_carbon.start_carbon()
-    delivered, error = MeasureOutbox(tmp_path / "outbox").flush(sender)
-    assert (delivered, error) == (1, "") and outbox.pending() == []
-    when = int(dt.datetime(2025, 1, 7, 7, 35, 12, tzinfo=TZ).timestamp())
-    found = wait_for_values(own_carbon, {"hops.measures.ProcOutbox.s1.snr": 101.5,
-                                         "hops.measures.ProcOutbox.s1.slice.12.sfnr": 88.0}, when)
-    assert found == {"hops.measures.ProcOutbox.s1.snr": 101.5, "hops.measures.ProcOutbox.s1.slice.12.sfnr": 88.0}
+def test_prefix_patterns_check_only_what_comes_from_data():
+    """A phantom named like the literal part of the site's pattern (PatientName
+    PHANTOM^FBIRN) does not refuse ``...fbirn``; a ``*`` component that holds an
+    identifying value does."""
+    phantom = {**HEADER, "PatientName": "PHANTOM^FBIRN", "PatientID": "PHANTOM-QA"}
+    pattern = ["hops.stability.*.*.fbirn"]
+    ms = parse_measures(doc(prefix="hops.stability.prisma1.32ch.fbirn"), TZ)
+    with pytest.raises(MeasuresError, match="identifying value"):
+        datapoint_lines(ms, "ProcQA", phantom, SubjectPolicy(), TZ, ["hops.stability"])
+    assert datapoint_lines(ms, "ProcQA", phantom, SubjectPolicy(), TZ, pattern)[0].startswith(
+        "hops.stability.prisma1.32ch.fbirn.snr ")
+    for prefix in ("hops.stability.prisma1.32ch.other", "hops.stability.prisma1.fbirn"):
+        with pytest.raises(MeasuresError, match="not allowed"):
+            datapoint_lines(parse_measures(doc(prefix=prefix), TZ), "ProcQA", phantom, SubjectPolicy(), TZ, pattern)
+    with pytest.raises(MeasuresError, match="identifying value"):
+        datapoint_lines(parse_measures(doc(prefix="hops.stability.phantom_qa.32ch.fbirn"), TZ), "ProcQA", phantom,
+                        SubjectPolicy(), TZ, pattern)

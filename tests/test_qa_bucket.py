@@ -1,8 +1,9 @@
 """The shipped ProcQA bucket end to end: synthetic phantom series in every layout sent with
 dcmtk storescu to a running ``magickbox serve`` (process runner, embedded queue), the
 committed jobs' measures.json checked against the analytic values, the figures and
-report present, and the measures delivered to a real carbon-cache at the acquisition
-time.  Also the bucket's failure modes, run exactly as a job runs it."""
+report present, the measures delivered by the node to a real carbon-cache at the
+acquisition time, and the fBIRN panels of the stability dashboard answered by
+graphite-web.  Also the bucket's failure modes, run exactly as a job runs it."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +16,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import wait_for_values
+from conftest import REPO, wait_for_values
 from dicom_helpers import MAGICKBOX, MagickboxProcess, make_study, storescu
-from measures_helper import send_measures
+from test_measure_stage import all_delivered, wait_detail
 from test_qa_fbirn import DCIODVFY, GHOST_POINTS, RELATIVE
 
 from magickbox.qa.phantom import LAYOUTS, PhantomSpec, generate, write_series
-from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
 
 SPEC = PhantomSpec(slices=7, volumes=34, seed=21, coil="HEAD_32", start="2025-03-04T08:15:30")
 FIGURES = ("roi_timecourse.png", "weisskoff.png", "sfnr.png", "report.png")
@@ -42,8 +42,18 @@ def check_measures(doc: dict, truth: dict, where: str) -> None:
         assert values[f"slice.{z + 1:02d}.sfnr"] == pytest.approx(truth["sfnr"], rel=0.02), where
 
 
+def fbirn_panel_targets() -> list[str]:
+    """The Graphite targets of the fBIRN panels of the stability overview dashboard."""
+    dashboard = json.loads((REPO / "grafana-dashboards" / "phantom-stability-overview.json").read_text())
+    targets = [t["target"] for p in dashboard["panels"] for t in p.get("targets", []) if ".fbirn." in t["target"]]
+    assert len(targets) >= 8
+    return targets
+
+
 def test_procqa_bucket_end_to_end_every_layout(tmp_path, graphite):
-    node = MagickboxProcess(tmp_path / "node", quiet_seconds=1.0)
+    node = MagickboxProcess(tmp_path / "node", quiet_seconds=1.0, config={
+        "graphite": {"address": graphite.line_address, "interval": 60},
+        "measures": {"timezone": "Europe/Berlin", "interval": 0.2, "retry_interval": 0.5}})
     installed = subprocess.run([MAGICKBOX, "qa", "install", "--data-dir", str(node.data_dir)], capture_output=True,
                                text=True)
     assert installed.returncode == 0, installed.stderr
@@ -65,15 +75,18 @@ def test_procqa_bucket_end_to_end_every_layout(tmp_path, graphite):
         # one job per study; Siemens XA classic sends every volume as its own study
         expected_jobs = len(LAYOUTS) - 1 + SPEC.volumes
         jobs = node.wait_final(expected_jobs, timeout=600)
+        failed = [(j["id"], j["message"]) for j in jobs if j["status"] != "success"]
+        assert not failed, failed
+        with_measures = [j for j in jobs if (output_of(node, j) / "measures.json").exists()]
+        # the node itself delivers the measures (confirmed by carbon)
+        records = {j["id"]: wait_detail(node, j["id"], all_delivered) for j in with_measures}
     finally:
         node.stop()
     assert len(jobs) == expected_jobs
-    failed = [(j["id"], j["message"]) for j in jobs if j["status"] != "success"]
-    assert not failed, failed
-    with_measures = [j for j in jobs if (output_of(node, j) / "measures.json").exists()]
     kept = [j for j in jobs if "volume kept" in j["message"]]
     assert len(with_measures) == len(LAYOUTS) and len(kept) == SPEC.volumes - 1
-    sender = GraphiteSender(GraphiteAddress.parse(graphite.line_address))
+    assert not [d for j in jobs if j["id"] not in records for d in j["measures"]]
+    when = int(datetime.datetime(2025, 3, 4, 7, 15, 30, tzinfo=datetime.timezone.utc).timestamp())
     seen_layouts = set()
     for job in with_measures:
         out = output_of(node, job)
@@ -95,13 +108,22 @@ def test_procqa_bucket_end_to_end_every_layout(tmp_path, graphite):
         verify = subprocess.run([DCIODVFY, str(out / "report_sc.dcm")], capture_output=True, text=True)
         assert not [line for line in (verify.stdout + verify.stderr).splitlines() if line.startswith("Error")]
         assert json.loads((out / "proc.json").read_text())[0]["success"] == "success"
-        # the measures reach a real carbon-cache at the acquisition time
-        points = send_measures(sender, doc, timezone="Europe/Berlin")
-        when = next(iter(points.values()))[1]
-        assert when == int(datetime.datetime(2025, 3, 4, 7, 15, 30, tzinfo=datetime.timezone.utc).timestamp())
-        check = {f"{doc['prefix']}.{k}": points[f"{doc['prefix']}.{k}"][0] for k in ("snr", "sfnr", "slice.04.sfnr")}
+        # the job record: every measure of measures.json, at the acquisition time (the
+        # scanner's clock in Europe/Berlin), delivered under the bucket's prefix
+        recorded = {m["path"]: m for m in records[job["id"]]["measures"]}
+        assert set(recorded) == {f"{doc['prefix']}.{m['name']}" for m in doc["measures"]}
+        assert {m["timestamp"] for m in recorded.values()} == {when}
+        check = {p: recorded[p]["value"] for p in (f"{doc['prefix']}.{k}" for k in ("snr", "sfnr", "slice.04.sfnr"))}
+        assert check == {f"{doc['prefix']}.{k}": next(m["value"] for m in doc["measures"] if m["name"] == k)
+                         for k in ("snr", "sfnr", "slice.04.sfnr")}
         found = wait_for_values(graphite, check, when)
         assert found == check
+        # the fBIRN panels of the stability dashboard show this scan (graphite-web)
+        for target in fbirn_panel_targets():
+            expanded = target.replace("$scanner", scanner).replace("$coil", "32ch").replace("$slice", "*")
+            series = graphite.render_json(expanded, frm="20250301", until="20250310")
+            values = [v for s in series for v, t in s["datapoints"] if v is not None]
+            assert values, f"fBIRN panel target {expanded} has no data"
     assert seen_layouts == set(LAYOUTS)
     xa = next(j for j in with_measures if "xa_classic" in json.loads((output_of(node, j) / "qa.json").read_text())
               ["scanner"])

@@ -330,3 +330,21 @@ def test_enhanced_frame_parsers_agree_and_implicit_vr_loads(written, phantom, tm
     implicit.save_as(tmp_path / "implicit" / "frames.dcm", implicit_vr=True, little_endian=True)
     series = load_series(tmp_path / "implicit")
     assert np.array_equal(series.data, phantom.images)
+
+
+def test_large_enhanced_pixel_data_is_mapped_and_a_cut_off_file_is_named(tmp_path):
+    """Over 8 MB of native pixel data is mapped from the file (read-only, no copy of the
+    series) and reads back exactly; a file cut off inside it is skipped with a note."""
+    spec = PhantomSpec(slices=27, volumes=40, roi_size=11, seed=6)
+    ph = generate(spec)
+    [path] = write_series(ph, tmp_path / "run", "enhanced")
+    assert spec.volumes * spec.slices * spec.matrix ** 2 * 2 > 8 << 20
+    series = load_series(tmp_path / "run")
+    assert np.array_equal(series.data, ph.images) and not series.data.flags.writeable
+    base = series.data
+    while isinstance(base, np.ndarray) and not isinstance(base, np.memmap):
+        base = base.base
+    assert isinstance(base, np.memmap)
+    os.truncate(path, path.stat().st_size - 4096)
+    with pytest.raises(LoadError, match=r"not DICOM: ENHANCED_0001.dcm \(pixel data cut off\)"):
+        load_series(tmp_path / "run")

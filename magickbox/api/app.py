@@ -79,12 +79,14 @@ def job_detail(store: NodeStore, job: JobRecord, admin: bool, links: dict[str, s
         info.pop("StudyInstanceUID", None)
         info.pop("ClassifyTypes", None)
     files = store.output_files(job.id)
+    measures, measures_error = store.measures(job.id)
     return m.JobDetail(
         **m.JobSummary.of(job).model_dump(), info=info,
         study_uid=job.study_uid if admin else None, classification=job.classification if admin else None,
         series_types=types, cancel_requested=store.cancel_requested(job.id),
         output_files=[m.OutputFile(path=f.arcname, size=f.size) for f in files[:1000]],
-        output_bytes=sum(f.size for f in files), measures=[], routing=[], links=links)
+        output_bytes=sum(f.size for f in files), measures=measures, measures_error=measures_error,
+        routing=[], links=links)
 
 
 def routing_view(store: NodeStore) -> m.RoutingView:

@@ -67,7 +67,10 @@ class JobDetail(JobSummary):
     cancel_requested: bool
     output_files: list[OutputFile] = Field(description="the committed result (first 1000 files)")
     output_bytes: int
-    measures: list[dict[str, Any]] = Field(description="measures reported by the bucket (none recorded yet)")
+    measures: list[dict[str, Any]] = Field(description="measures the bucket reported in measures.json: name, value, "
+                                                       "unit, labels, time (ISO 8601 UTC), timestamp (epoch s), "
+                                                       "path (Graphite metric), delivered (carbon confirmed it)")
+    measures_error: str | None = Field(None, description="why the bucket's measures.json was refused (nothing sent)")
     routing: list[dict[str, Any]] = Field(description="results sent to DICOM nodes (none recorded yet)")
     links: dict[str, str]
 

@@ -359,6 +359,11 @@ class NodeStore:
                 "series": job.series_count, "instances": job.instance_count, "ClassifyTypes": job.classification,
                 "followUpOf": job.follow_up_of, "source": job.source}
 
+    def measures(self, job_id: int) -> tuple[list[dict[str, Any]], str | None]:
+        """The job's measures and why its measures.json was refused (:mod:`..results.measure_stage`)."""
+        from ..results.measure_stage import job_measures
+        return job_measures(self._conn(), job_id)
+
     def log_path(self, job_id: int) -> Path | None:
         """The job's ``processing.log``: the committed result's, else the running
         attempt's, else the latest attempt's (a dead attempt's log explains a retry)."""

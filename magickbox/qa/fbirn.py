@@ -301,13 +301,15 @@ def analyse(data: np.ndarray, spacing_mm: tuple[float, float, float] = (1.0, 1.0
     ghost_z = ghost_percent(mean_image, axis, level)
 
     # -- centre of mass of every volume -----------------------------------------------------
-    zx = d.sum(axis=2, dtype=acc).astype(np.float64)                      # (T, Z, X)
+    # two passes: per-slice totals (T, Z) and the projection over slices (T, Y, X)
+    per_slice_mass = np.add.reduce(d.reshape(total - skip, nz, ny * nx), axis=2, dtype=acc).astype(np.float64) \
+        if d[0].flags["C_CONTIGUOUS"] else d.sum(axis=(2, 3), dtype=acc).astype(np.float64)   # (T, Z)
     yx = d.sum(axis=1, dtype=acc).astype(np.float64)                      # (T, Y, X)
-    mass = zx.sum(axis=(1, 2))
+    mass = per_slice_mass.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        cz = zx.sum(axis=2) @ np.arange(nz) / mass * spacing_mm[0]
+        cz = per_slice_mass @ np.arange(nz) / mass * spacing_mm[0]
         cyy = yx.sum(axis=2) @ np.arange(ny) / mass * spacing_mm[1]
-        cxx = zx.sum(axis=1) @ np.arange(nx) / mass * spacing_mm[2]
+        cxx = yx.sum(axis=1) @ np.arange(nx) / mass * spacing_mm[2]
     cmass = np.stack([cxx, cyy, cz], axis=1)                              # (T, 3): x, y, z
     tline = np.arange(nt) - (nt - 1) / 2.0
     slopes = (tline @ (cmass - cmass.mean(axis=0))) / (tline @ tline)

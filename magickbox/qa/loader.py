@@ -49,6 +49,11 @@ __all__ = ["Series", "LoadError", "load_series", "dicom_datetime"]
 
 _LOCALIZER_RE = re.compile(r"locali[sz]er|scout|survey|3[- _]?plane|aahead|tri[- ]?pilot", re.IGNORECASE)
 _NATIVE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+#: values larger than this (bytes) are not read with the header: native pixel data that
+#: large is mapped from the file instead of copied (a multi-frame series); per-frame
+#: functional groups (a few hundred bytes per frame) stay below it
+_DEFER_BYTES = 8 << 20
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 class LoadError(ValueError):
@@ -96,7 +101,15 @@ class _Image:
         if ts in _NATIVE and int(_v(ds, "SamplesPerPixel", 1)) == 1 and bits in (8, 16) and \
                 (signed == 0 or int(_v(ds, "BitsStored", bits)) == bits):
             dtype = np.dtype({(16, 0): "<u2", (16, 1): "<i2", (8, 0): "u1", (8, 1): "i1"}[(bits, signed)])
-            arr = np.frombuffer(ds.get_item(0x7FE00010).value, dtype=dtype, count=frames * rows * cols)
+            deferred = ds.get_item(0x7FE00010, keep_deferred=True)
+            count = frames * rows * cols
+            if deferred is not None and deferred.value is None and deferred.length != _UNDEFINED_LENGTH and \
+                    getattr(deferred, "value_tell", None) is not None and deferred.length >= count * dtype.itemsize:
+                # read-only map of the file's pixel data: no copy of the whole series
+                arr = np.memmap(self.path, dtype=dtype, mode="r", offset=deferred.value_tell,
+                                shape=(count,)).view(np.ndarray)
+            else:
+                arr = np.frombuffer(ds.get_item(0x7FE00010).value, dtype=dtype, count=count)
         else:
             arr = ds.pixel_array
         arr = arr.reshape(frames, rows, cols)
@@ -361,9 +374,14 @@ def _read(paths: Iterable[Path], notes: list[str]) -> list[_Image]:
     no_pixels: Counter[str] = Counter()
     for path in files:
         try:
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
         except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
             not_dicom.append(f"{path.name} ({type(exc).__name__})")
+            continue
+        pixel = ds.get_item(0x7FE00010, keep_deferred=True)
+        if pixel is not None and pixel.value is None and pixel.length not in (0, _UNDEFINED_LENGTH) and \
+                getattr(pixel, "value_tell", 0) + pixel.length > path.stat().st_size:
+            not_dicom.append(f"{path.name} (pixel data cut off)")      # a deferred value is not read yet
             continue
         if "PixelData" not in ds or "Rows" not in ds:
             sop = ds.get("SOPClassUID")

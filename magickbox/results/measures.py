@@ -26,8 +26,8 @@
   component that contains one of them, or looks like a UID or a date of birth, is
   refused.  A refused measures file is reported with the reason and nothing is sent.
 
-Delivery: :class:`MeasureOutbox` keeps the datapoints of each job in a durable file until
-carbon confirmed them (the confirmed sender of the stability half), across restarts.
+Delivery (confirmed, retried until carbon has them, across restarts) and the job record:
+:mod:`magickbox.results.measure_stage`.
 """
 from __future__ import annotations
 
@@ -37,14 +37,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from stability_collector.core.fsutil import atomic_write
-from stability_collector.core.graphite import DeliveryError, GraphiteSender
-
-__all__ = ["MeasuresError", "Measure", "MeasureSet", "SubjectPolicy", "parse_measures", "load_measures",
-           "datapoint_lines", "phi_values", "study_time", "MeasureOutbox"]
+__all__ = ["MeasuresError", "Measure", "MeasureSet", "SubjectPolicy", "parse_measures",
+           "datapoint_lines", "phi_values", "study_time", "PHI_KEYWORDS"]
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_-]+")
 _NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
@@ -73,7 +69,7 @@ class MeasureSet:
     time: dt.datetime | None = None
 
 
-def _parse_time(where: str, value: Any, tz: dt.tzinfo) -> dt.datetime:
+def _parse_time(where: str, value: Any, tz: dt.tzinfo | None) -> dt.datetime:
     if not isinstance(value, str):
         raise MeasuresError(f"{where}: time must be an ISO 8601 string, not {value!r}")
     try:
@@ -83,7 +79,7 @@ def _parse_time(where: str, value: Any, tz: dt.tzinfo) -> dt.datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
 
 
-def parse_measures(text: str, tz: dt.tzinfo, source: str = "measures.json") -> MeasureSet:
+def parse_measures(text: str, tz: dt.tzinfo | None, source: str = "measures.json") -> MeasureSet:
     """Parse and validate a measures file; :class:`MeasuresError` names the file and entry."""
     try:
         data = json.loads(text)
@@ -130,17 +126,6 @@ def parse_measures(text: str, tz: dt.tzinfo, source: str = "measures.json") -> M
         when = _parse_time(f"{where} ({name})", entry["time"], tz) if "time" in entry else None
         measures.append(Measure(name, float(value), unit, {k: str(v) for k, v in labels.items()}, when))
     return MeasureSet(tuple(measures), prefix, default_time)
-
-
-def load_measures(path: Path, tz: dt.tzinfo) -> MeasureSet | None:
-    """The measures of an output folder's ``measures.json`` (None when there is none)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MeasuresError(f"{path}: cannot read: {exc}") from None
-    return parse_measures(text, tz, str(path))
 
 
 # -- who the measures are about -----------------------------------------------------------------
@@ -198,17 +183,18 @@ def phi_values(header: Mapping[str, str]) -> set[str]:
 
 
 def _check_path(path: str, phi: set[str]) -> None:
-    for component in path.split("."):
+    for index, component in enumerate(path.split(".")):
         low = component.lower()
         if re.fullmatch(r"\d{8,}", component) or re.fullmatch(r"(19|20)\d{6}", component):
-            raise MeasuresError(f"metric path component {component!r} looks like a UID or a date: refused")
+            # the component itself is not repeated: it may be an identifier
+            raise MeasuresError(f"metric path component {index + 1} looks like a UID, an ID or a date: refused")
         for value in phi:
             if value in low:
                 raise MeasuresError("a metric path would contain an identifying value of the study "
                                     "(patient, accession or UID field): refused")
 
 
-def study_time(header: Mapping[str, str], tz: dt.tzinfo) -> dt.datetime | None:
+def study_time(header: Mapping[str, str], tz: dt.tzinfo | None) -> dt.datetime | None:
     """The acquisition time of the study from its header (DICOM DA/TM/DT strings)."""
     def from_dt(text: str) -> dt.datetime | None:
         m = re.fullmatch(r"(\d{8})(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?", text.strip())
@@ -235,29 +221,50 @@ def study_time(header: Mapping[str, str], tz: dt.tzinfo) -> dt.datetime | None:
     return None
 
 
+def granted_data(prefix: str, patterns: Iterable[str]) -> list[str] | None:
+    """The components of ``prefix`` that come from data, under the allowed pattern that
+    leaves the fewest (None: no pattern allows it).  A pattern is a dotted path whose
+    components are literal (the site's configuration, not checked) or ``*`` (any one
+    component, from data); components beyond the pattern are data too:
+    ``hops.stability.*.*.fbirn`` allows ``hops.stability.prisma1.32ch.fbirn`` with data
+    ``prisma1``, ``32ch``."""
+    parts = prefix.split(".")
+    best: list[str] | None = None
+    for pattern in patterns:
+        literal = pattern.split(".")
+        if len(parts) < len(literal) or not all(p in ("*", c) for p, c in zip(literal, parts)):
+            continue
+        data = [c for p, c in zip(literal, parts) if p == "*"] + parts[len(literal):]
+        if best is None or len(data) < len(best):
+            best = data
+    return best
+
+
 def datapoint_lines(measure_set: MeasureSet, bucket: str, header: Mapping[str, str], policy: SubjectPolicy,
-                    tz: dt.tzinfo, allowed_prefixes: Iterable[str] = ()) -> list[str]:
+                    tz: dt.tzinfo | None, allowed_prefixes: Iterable[str] = (),
+                    phi: set[str] | None = None) -> list[str]:
     """Graphite plaintext lines (``path value epoch``) for a job's measures.
 
     ``header``: the study's header values by keyword (identifying ones are used only to
     check that none reaches a path).  Raises :class:`MeasuresError` for a prefix the
     bucket may not use, a measure without any time, or a path that would carry
-    identifying data."""
+    identifying data.  ``phi``: more identifying values to refuse (e.g. of the study's
+    other series), besides those of ``header``.  ``tz`` None: this host's zone."""
     if not _COMPONENT.fullmatch(bucket):
         raise MeasuresError(f"bucket name {bucket!r} is not a metric-safe token")
     if measure_set.prefix:
         allowed = [p.rstrip(".") for p in allowed_prefixes]
-        if not any(measure_set.prefix == p or measure_set.prefix.startswith(p + ".") for p in allowed):
+        data_parts = granted_data(measure_set.prefix, allowed)
+        if data_parts is None:
             raise MeasuresError(f"prefix {measure_set.prefix!r} is not allowed for bucket {bucket!r} "
                                 f"(its info.json lists {allowed or 'none'} under measures.prefixes)")
         root = measure_set.prefix
-        granted = max((p for p in allowed if measure_set.prefix.startswith(p)), key=len)
-        from_data = measure_set.prefix[len(granted):].strip(".")
+        from_data = ".".join(data_parts)
     else:
         from_data = policy.key(header)
         root = f"hops.measures.{bucket}.{from_data}"
     fallback = measure_set.time or study_time(header, tz)
-    phi = phi_values(header)
+    phi = phi_values(header) | (phi or set())
     if from_data:
         _check_path(from_data, phi)    # what the site configured (bucket, allowed prefix) is not data
     lines = []
@@ -270,42 +277,3 @@ def datapoint_lines(measure_set: MeasureSet, bucket: str, header: Mapping[str, s
         path = f"{root}.{m.name}"
         lines.append(f"{path} {m.value!r} {int(when.timestamp())}")
     return lines
-
-
-# -- durable delivery ------------------------------------------------------------------------
-class MeasureOutbox:
-    """Datapoints waiting for carbon's confirmation, one file per job in ``directory``.
-
-    :meth:`put` writes the lines durably (temporary file, fsync, rename, directory fsync)
-    before it returns; :meth:`flush` delivers each file with the confirmed sender and
-    removes it only after carbon confirmed it.  Files survive restarts; a job's file is
-    replaced as a whole, so a job re-committed after a crash is not sent twice."""
-
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-
-    def put(self, job_key: str, lines: list[str]) -> Path:
-        if not _COMPONENT.fullmatch(job_key):
-            raise ValueError(f"job key {job_key!r} is not a file-safe token")
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-        target = self.directory / f"{job_key}.txt"
-        atomic_write(target, "".join(line + "\n" for line in lines), 0o640)
-        return target
-
-    def pending(self) -> list[Path]:
-        if not self.directory.is_dir():
-            return []
-        return sorted(p for p in self.directory.glob("*.txt"))
-
-    def flush(self, sender: GraphiteSender) -> tuple[int, str]:
-        """Deliver what is pending: ``(files delivered, last error or "")``; stops at the
-        first failure (carbon down) and keeps the rest."""
-        delivered = 0
-        for path in self.pending():
-            try:
-                sender.deliver(path.read_bytes())
-            except DeliveryError as exc:
-                return delivered, str(exc)
-            path.unlink()
-            delivered += 1
-        return delivered, ""
