@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--rules", metavar="FILE", help="routing rules (default DATA/routing.json)")
     rp.add_argument("--success", metavar="VALUE", help="pretend proc.json said this")
     rp.add_argument("--me", metavar="HOST:PORT", default="127.0.0.1:11112", help="what $me:$port stand for")
+    rp = rsub.add_parser("status", help="what routing did for a job (or the latest jobs): destinations, state, "
+                                        "attempts, files sent, last error")
+    rp.add_argument("job", metavar="JOB", nargs="?", type=int, help="a job id (default: the latest 20 jobs)")
+    data_options(rp, default=".")
     rp = rsub.add_parser("echo", help="verify a destination with C-ECHO")
     rp.add_argument("address", metavar="HOST:PORT")
     rp.add_argument("called", metavar="AETITLE", help="the destination's AE title")
@@ -309,6 +313,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         print(("OK " if ok else "FAILED ") + text)
         return 0 if ok else 1
     layout = layout_from_args(args)
+    if args.route_command == "status":
+        return _route_status(layout, args.job)
     jobdir = Path(args.target) if not args.target.isdigit() else layout.job_dir(args.target)
     try:
         info = json.loads((jobdir / "info.json").read_text())
@@ -334,6 +340,33 @@ def cmd_route(args: argparse.Namespace) -> int:
           f"series types {sorted(types)}; rules from {table.source}")
     for line in table.explain(ctx, me=_host_port(args.me)):
         print(line)
+    return 0
+
+
+def _route_status(layout: "DataLayout", job_id: int | None) -> int:
+    import time
+
+    from .db import Database
+    from .results.outflow import routing_records
+
+    db = Database(layout.database)
+    try:
+        jobs = [db.job(job_id)] if job_id is not None else list(reversed(db.jobs(limit=20)))
+        if jobs == [None]:
+            print(f"magickbox: no job {job_id}", file=sys.stderr)
+            return 1
+        for job in jobs:
+            records = routing_records(db, job.id)
+            print(f"job {job.id} {job.status} {job.bucket_ae}: " + (f"{len(records)} destination(s)" if records
+                                                                    else "nothing routed"))
+            for r in records:
+                when = (f", next try {time.strftime('%H:%M:%S', time.localtime(r['next_try']))}"
+                        if r["next_try"] else "")
+                print(f"  rule {r['rule']} {r['directory']} -> {r['destination']}: {r['state']}, "
+                      f"{r['sent']}/{r['files']} sent, attempt {r['attempts']} of {r['retries'] + 1}{when}"
+                      + (f"; {r['last_error']}" if r["last_error"] else ""))
+    finally:
+        db.close()
     return 0
 
 

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Callable
 from . import node_metrics as nm
 from .buckets import BucketRegistry
 from .classify import ClassifyRules
-from .config import NodeConfig
+from .config import ConfigError, NodeConfig
 from .db import Database, Job
 from .dicomio import HeaderReader
 from .jobqueue import Dispatcher, EmbeddedJobServer
 from .model import JobStatus
 from .receiver import StorageReceiver
+from .results.outflow import RouteStage
+from .results.routing import RoutingError
 from .series import SeriesRecords
 from .store import DicomArchive, make_private_dir
 from .studies import StudyTracker
@@ -52,6 +54,11 @@ class Node:
         self.archive = DicomArchive(layout, fsync=config.dicom.fsync, replace=config.dicom.replace,
                                     spool_memory=int(config.dicom.spool_memory_mb * 1024 * 1024))
         self.db = Database(layout.database)
+        try:
+            self.routing = RouteStage(layout, self.db, config.routing, self._routing_address)
+        except RoutingError as exc:
+            self.db.close()
+            raise ConfigError("routing.json", str(exc)) from None
         self.series = SeriesRecords(layout, self.rules)
         self.telemetry = NodeTelemetry(config.node_name, config.graphite, config.graphite_interval, gauges={
             nm.QUEUE_LENGTH: lambda: self.db.count_jobs(JobStatus.QUEUED),
@@ -80,6 +87,14 @@ class Node:
         self.dicom_port: int | None = None
         self.http_port: int | None = None
         self._stopped = threading.Event()
+
+    def _routing_address(self) -> tuple[str, int]:
+        """``$me`` / ``$port`` of routing.json: ``[routing]`` me/port, else the DICOM host
+        (127.0.0.1 when it listens on every address) and the bound DICOM port."""
+        host = self.config.routing.me or self.config.dicom.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return host, self.config.routing.port or self.dicom_port or self.config.dicom.port
 
     def _makes_jobs(self, called_ae: str) -> bool:
         return self.registry.by_ae_title(called_ae) is not None
@@ -118,6 +133,7 @@ class Node:
         self.tracker.start()
         self.telemetry.start()
         self.dicom_port = self.receiver.start()
+        self.routing.start()
         from .api.server import HttpServer
         from .api.uploads import UploadLimits
         self.web = HttpServer(self, self.config.http_host, self.config.http_port,
@@ -136,6 +152,7 @@ class Node:
         if self.worker is not None:
             self.worker.stop()
         self.dispatcher.stop()
+        self.routing.stop()
         if self.job_server is not None:
             self.job_server.stop()
         self.telemetry.stop()

@@ -68,7 +68,9 @@ class JobDetail(JobSummary):
     output_files: list[OutputFile] = Field(description="the committed result (first 1000 files)")
     output_bytes: int
     measures: list[dict[str, Any]] = Field(description="measures reported by the bucket (none recorded yet)")
-    routing: list[dict[str, Any]] = Field(description="results sent to DICOM nodes (none recorded yet)")
+    routing: list[dict[str, Any]] = Field(description="results sent to DICOM nodes: one entry per destination "
+                                          "(rule, destination, state pending/sending/sent/failed/skipped, "
+                                          "attempts, next_try, files, sent, failed, last_error)")
     links: dict[str, str]
 
 

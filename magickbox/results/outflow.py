@@ -1,0 +1,423 @@
+"""The routing stage: durable sends of every finished job's results (routing.json).
+
+run → **route**.  Every job whose final status was committed gets a routing plan exactly
+once, and every (job, rule, destination) of the plan is a durable send record; sends run
+in the node's sender threads, never in the receiver's, and survive a node restart.
+
+Tables (in the node's SQLite file, next to the job table)::
+
+    route_plans  job_id, planned, success, note        one row per routed job
+    route_sends  id, job_id, rule_index, rule_name, position, directory, destination
+                 (host, port, called_ae, calling_ae), stop_after_success, retry_count,
+                 retry_backoff, files (JSON, paths relative to the job directory),
+                 state, attempts, next_try, last_error, sent, failed, updated
+    route_acks   send_id, sop_uid, status, acked        one row per acknowledged file
+
+* **Planning** (crash-safe): each pass looks for jobs in a final status without a row in
+  ``route_plans`` (a LEFT JOIN), so a node that died between committing a job and
+  planning its routing plans it at the next start.  The plan (rules evaluated with the
+  job's called/calling AE title, ``proc.json``'s ``success`` value and its series types,
+  ``which`` filters applied, the error report made) is written in one transaction.
+  A job that ended without a usable ``proc.json`` (non-zero exit, timeout, no result)
+  routes as ``success = "failed"``; cancelled jobs are not routed.  Jobs that were
+  already finished when the tables were first created are marked as routed, so an
+  upgrade never re-sends history.
+* **Sending**: a send is due when its state is ``pending``, its ``next_try`` has come
+  and no earlier destination of the same rule with ``break: 1`` is still undecided.
+  One association per send (:func:`~magickbox.results.send.send_files`); every file's
+  C-STORE status is checked and each acknowledged file is written to ``route_acks``
+  before the next file goes out, so a resumed send skips what the destination already
+  acknowledged (only a file in flight when the node died can arrive twice).
+* **Outcome**: all files acknowledged → ``sent`` (a ``break`` destination then marks the
+  rule's later destinations ``skipped``); otherwise the send is retried after
+  ``backoff * 2**(attempt-1)`` seconds until ``retry.count`` retries are used, then
+  ``failed`` — and the next destination of a fail-over chain becomes due.  A send that
+  was running when the node died (``sending``) is resumed at start-up.
+* **Visible**: :func:`routing_records` (API job detail ``routing``, ``magickbox route
+  status``), ``jobs/<id>/routing.log`` (the plan with the reasons, every attempt, every
+  failed file) and the node log (counts and destinations only, no patient data).
+* **Rules**: loaded at start (an invalid file refuses the start, naming rule and key) and
+  reloaded when ``routing.json`` changes; an invalid new file is logged with rule and key
+  and the previous rules stay active.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import RoutingConfig
+from ..db import Database, Job
+from ..jobfiles import JobDir, read_proc_json
+from ..layout import DataLayout
+from ..model import FINAL_STATUSES, JobStatus
+from ..periodic import Periodic
+from .error_report import write_error_report
+from .routing import RoutingContext, RoutingError, RoutingTable, load_rules, select_files
+from .send import Destination, FileResult, read_part10_header, send_files
+
+__all__ = ["RouteStore", "RouteStage", "routing_records", "job_success_value"]
+
+log = logging.getLogger("magickbox.routing")
+
+PENDING, SENDING, SENT, FAILED, SKIPPED = "pending", "sending", "sent", "failed", "skipped"
+_FINAL_SQL = ", ".join(f"'{s.value}'" for s in FINAL_STATUSES)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS route_plans (job_id INTEGER PRIMARY KEY, planned REAL NOT NULL,"
+    " success TEXT NOT NULL, note TEXT NOT NULL DEFAULT '')",
+    "CREATE TABLE IF NOT EXISTS route_sends (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL,"
+    " rule_index INTEGER NOT NULL, rule_name TEXT NOT NULL, position INTEGER NOT NULL, directory TEXT NOT NULL,"
+    " host TEXT NOT NULL, port INTEGER NOT NULL, called_ae TEXT NOT NULL, calling_ae TEXT NOT NULL,"
+    " stop_after_success INTEGER NOT NULL, retry_count INTEGER NOT NULL, retry_backoff REAL NOT NULL,"
+    " files TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL,"
+    " last_error TEXT NOT NULL DEFAULT '', sent INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,"
+    " updated REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS route_sends_due ON route_sends (state, next_try)",
+    "CREATE INDEX IF NOT EXISTS route_sends_job ON route_sends (job_id)",
+    "CREATE TABLE IF NOT EXISTS route_acks (send_id INTEGER NOT NULL, sop_uid TEXT NOT NULL, status INTEGER,"
+    " acked REAL NOT NULL, PRIMARY KEY (send_id, sop_uid)) WITHOUT ROWID",
+)
+
+
+class RouteStore:
+    """The routing tables in the node's database (see the module docstring)."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        existed = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'route_plans'").fetchone()
+        for statement in _SCHEMA:
+            db.execute(statement)
+        if not existed:
+            db._tx([("INSERT OR IGNORE INTO route_plans (job_id, planned, success, note) SELECT id, ?, '',"
+                     " 'finished before routing was enabled' FROM jobs"
+                     f" WHERE status IN ({_FINAL_SQL})", (time.time(),))])
+
+    def unplanned_jobs(self, limit: int = 100) -> list[Job]:
+        rows = self.db.execute(
+            "SELECT jobs.* FROM jobs LEFT JOIN route_plans p ON p.job_id = jobs.id"
+            f" WHERE p.job_id IS NULL AND jobs.status IN ({_FINAL_SQL}) ORDER BY jobs.id LIMIT ?", (limit,)).fetchall()
+        return [Database._job(r) for r in rows]
+
+    def record_plan(self, job_id: int, success: str, note: str, sends: list[dict[str, Any]]) -> None:
+        """The plan and all its sends, in one transaction."""
+        now = time.time()
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            ("INSERT INTO route_plans (job_id, planned, success, note) VALUES (?, ?, ?, ?)",
+             (job_id, now, success, note))]
+        for s in sends:
+            statements.append((
+                "INSERT INTO route_sends (job_id, rule_index, rule_name, position, directory, host, port, called_ae,"
+                " calling_ae, stop_after_success, retry_count, retry_backoff, files, state, next_try, last_error,"
+                " updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, s["rule_index"], s["rule_name"], s["position"], s["directory"], s["host"], s["port"],
+                 s["called_ae"], s["calling_ae"], int(s["stop_after_success"]), s["retry_count"],
+                 s["retry_backoff"], json.dumps(s["files"]), s.get("state", PENDING), now, s.get("last_error", ""),
+                 now)))
+        self.db._tx(statements)
+
+    def recover(self) -> int:
+        """At start-up: sends that were running when the node stopped are due again."""
+        return self.db._tx([(f"UPDATE route_sends SET state = '{PENDING}', next_try = ? WHERE state = '{SENDING}'",
+                             (time.time(),))])[0].rowcount
+
+    def due(self, now: float, limit: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            f"SELECT s.* FROM route_sends s WHERE s.state = '{PENDING}' AND s.next_try <= ?"
+            " AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = s.job_id) AND NOT EXISTS ("
+            " SELECT 1 FROM route_sends e WHERE e.job_id = s.job_id AND e.rule_index = s.rule_index"
+            f" AND e.position < s.position AND e.stop_after_success = 1 AND e.state IN ('{PENDING}', '{SENDING}'))"
+            " ORDER BY s.next_try, s.id LIMIT ?", (now, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def claim(self, send_id: int) -> bool:
+        return self.db._tx([(f"UPDATE route_sends SET state = '{SENDING}', attempts = attempts + 1, updated = ?"
+                             f" WHERE id = ? AND state = '{PENDING}'", (time.time(), send_id))])[0].rowcount == 1
+
+    def ack(self, send_id: int, sop_uid: str, status: int) -> None:
+        self.db._tx([("INSERT OR IGNORE INTO route_acks (send_id, sop_uid, status, acked) VALUES (?, ?, ?, ?)",
+                      (send_id, sop_uid, status, time.time()))])
+
+    def acked(self, send_id: int) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT sop_uid FROM route_acks WHERE send_id = ?", (send_id,))}
+
+    def finish(self, row: dict[str, Any], state: str, next_try: float, error: str, sent: int, failed: int) -> None:
+        now = time.time()
+        statements: list[tuple[str, tuple[Any, ...]]] = [(
+            "UPDATE route_sends SET state = ?, next_try = ?, last_error = ?, sent = ?, failed = ?, updated = ?"
+            " WHERE id = ?", (state, next_try, error, sent, failed, now, row["id"]))]
+        if state == SENT and row["stop_after_success"]:
+            statements.append((
+                f"UPDATE route_sends SET state = '{SKIPPED}', updated = ?, last_error = ? WHERE job_id = ?"
+                f" AND rule_index = ? AND position > ? AND state = '{PENDING}'",
+                (now, f"not needed: {row['called_ae']} received everything ('break')", row["job_id"],
+                 row["rule_index"], row["position"])))
+        self.db._tx(statements)
+
+    def sends(self, job_id: int) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM route_sends WHERE job_id = ? ORDER BY rule_index,"
+                                                 " position, id", (job_id,)).fetchall()]
+
+    def plan(self, job_id: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM route_plans WHERE job_id = ?", (job_id,)).fetchone()
+        return dict(row) if row else None
+
+
+def routing_records(db: Database, job_id: int) -> list[dict[str, Any]]:
+    """What routing did for a job, one entry per destination (for the API and the CLI).
+    Empty when the job was not routed (yet) or the routing tables do not exist."""
+    try:
+        rows = db.execute("SELECT * FROM route_sends WHERE job_id = ? ORDER BY rule_index, position, id",
+                          (job_id,)).fetchall()
+    except Exception:  # noqa: BLE001 - a database without the routing tables: nothing routed
+        return []
+    out = []
+    for r in rows:
+        out.append({"rule": r["rule_index"], "rule_name": r["rule_name"], "directory": r["directory"],
+                    "destination": f"{r['called_ae']}@{r['host']}:{r['port']}" if r["host"] else r["called_ae"],
+                    "calling_ae": r["calling_ae"], "state": r["state"], "attempts": r["attempts"],
+                    "retries": r["retry_count"], "next_try": r["next_try"] if r["state"] == PENDING else None,
+                    "files": len(json.loads(r["files"])), "sent": r["sent"], "failed": r["failed"],
+                    "last_error": r["last_error"], "break": bool(r["stop_after_success"]), "updated": r["updated"]})
+    return out
+
+
+def job_success_value(job: Job, jobdir: JobDir) -> str:
+    """The ``success`` value routing matches: ``proc.json``'s when the bucket exited 0 and
+    wrote one, else ``"failed"`` (non-zero exit, timeout, no result, no proc.json)."""
+    outcome = jobdir.committed()
+    if outcome is None or outcome.exit_code != 0 or job.status == JobStatus.TIMEOUT:
+        return "failed"
+    success, _ = read_proc_json(jobdir.result / "output" / "proc.json", jobdir.result / "proc.json")
+    return success if success is not None else "failed"
+
+
+class _Stopping(Exception):
+    """The node is stopping: the send is left for the next start."""
+
+
+class RouteStage:
+    """Plans and runs the sends (see the module docstring).  ``me``: the node's address
+    for ``$me``/``$port`` (a callable, as the DICOM port is known only once bound)."""
+
+    def __init__(self, layout: DataLayout, db: Database, config: RoutingConfig,
+                 me: Callable[[], tuple[str, int]], interval: float = 0.5,
+                 count: Callable[[str], None] = lambda name: None):
+        self.layout = layout
+        self.config = config
+        self.store = RouteStore(db)
+        self.me = me
+        self.count = count
+        self.rules_path = layout.routing_rules
+        self._stamp = self._file_stamp()
+        try:
+            self.table: RoutingTable = load_rules(self.rules_path)     # RoutingError refuses the start
+        except RoutingError:
+            raise
+        self._pool = ThreadPoolExecutor(config.senders, thread_name_prefix="route-send")
+        self._running: dict[int, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._loop = Periodic("routing", interval, self.run_once, log, "routing pass failed")
+
+    # -- rules ----------------------------------------------------------------------------------
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.rules_path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def reload_if_changed(self) -> None:
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            table = load_rules(self.rules_path)
+        except RoutingError as exc:
+            log.error("routing.json changed but is not valid; the previous rules stay active: %s", exc)
+            return
+        self.table = table
+        log.info("routing.json reloaded: %d rule(s)", len(table.rules))
+
+    # -- planning -------------------------------------------------------------------------------
+    def _log(self, job_id: int, lines: list[str]) -> None:
+        try:
+            with open(self.layout.job_dir(job_id) / "routing.log", "a", encoding="utf-8") as fh:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                fh.write("".join(f"{stamp} {line}\n" for line in lines))
+        except OSError as exc:
+            log.warning("job %d: cannot write routing.log: %s", job_id, exc.strerror or exc)
+
+    def plan_job(self, job: Job) -> None:
+        jobdir = JobDir.of(self.layout, job.id)
+        if job.status == JobStatus.CANCELLED:
+            self.store.record_plan(job.id, "", "cancelled: not routed", [])
+            return
+        success = job_success_value(job, jobdir)
+        types = frozenset(t for values in job.classification.values() for t in values)
+        ctx = RoutingContext(job.bucket_ae, job.calling_ae, success, types)
+        me = self.me()
+        plans = self.table.plan(ctx, me, self.config.known_aes)
+        explanation = self.table.explain(ctx, me, self.config.known_aes)
+        sends: list[dict[str, Any]] = []
+        report: Path | None = None
+        for plan in plans:
+            root = jobdir.input if plan.directory == "INPUT" else jobdir.result / "output"
+            files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+            extra: list[Path] = []
+            if plan.rule.send_error_report and success.lower() not in ("success", "partial") and plan.sends:
+                if report is None:
+                    report = self._error_report(job, jobdir, explanation)
+                if report is not None:
+                    extra.append(report)
+            base = {"rule_index": plan.rule.index, "rule_name": plan.rule.name, "directory": plan.directory}
+            for position, planned in enumerate(plan.sends):
+                chosen = select_files(files, planned.target.which) + extra
+                d = planned.destination
+                sends.append(dict(base, position=position, host=d.host, port=d.port, called_ae=d.called_ae,
+                                  calling_ae=d.calling_ae, stop_after_success=planned.target.stop_after_success,
+                                  retry_count=planned.target.retry_count, retry_backoff=planned.target.retry_backoff,
+                                  files=[str(p.relative_to(jobdir.path)) for p in chosen]))
+            for n, why in enumerate(plan.unresolved):
+                sends.append(dict(base, position=1000 + n, host="", port=0, called_ae="?", calling_ae="",
+                                  stop_after_success=False, retry_count=0, retry_backoff=0.0, files=[],
+                                  state=FAILED, last_error=why))
+        note = f"{len(sends)} send(s)" if sends else "no destination fires"
+        self.store.record_plan(job.id, success, note, sends)
+        self._log(job.id, [f"routing job {job.id} ({job.status}, success={success!r}) with {self.table.source}:",
+                           *explanation, f"planned: {note}"])
+        log.info("job %d: routing planned, %s (success=%r)", job.id, note, success)
+
+    def _error_report(self, job: Job, jobdir: JobDir, explanation: list[str]) -> Path | None:
+        target = jobdir.path / "routing" / "error-report.dcm"
+        if target.exists():
+            return target
+        log_path = jobdir.result / "processing.log"
+        if not log_path.exists():
+            attempts = sorted(jobdir.attempts.glob("*/processing.log")) if jobdir.attempts.is_dir() else []
+            log_path = attempts[-1] if attempts else log_path
+        inputs = sorted(jobdir.input.rglob("*.dcm")) if jobdir.input.is_dir() else []
+        try:
+            return write_error_report(target, job.id, str(job.status), job.message, log_path, inputs)
+        except (ValueError, OSError) as exc:
+            explanation.append(f"  error report not made: {exc}")
+            log.warning("job %d: no error report: %s", job.id, exc)
+            return None
+
+    # -- sending --------------------------------------------------------------------------------
+    def run_once(self) -> None:
+        """One pass: reload rules, plan finished jobs, start due sends."""
+        self.reload_if_changed()
+        for job in self.store.unplanned_jobs():
+            if self._stopping.is_set():
+                return
+            try:
+                self.plan_job(job)
+            except Exception:
+                log.exception("job %d: routing could not be planned; trying again", job.id)
+        with self._lock:
+            for send_id in [i for i, f in self._running.items() if f.done()]:
+                del self._running[send_id]
+            free = self.config.senders - len(self._running)
+            if free <= 0 or self._stopping.is_set():
+                return
+            for row in self.store.due(time.time(), free + len(self._running)):
+                if row["id"] in self._running or len(self._running) >= self.config.senders:
+                    continue
+                if self.store.claim(row["id"]):
+                    row["attempts"] += 1
+                    self._running[row["id"]] = self._pool.submit(self._send, row)
+
+    def _send(self, row: dict[str, Any]) -> None:
+        try:
+            self._send_once(row)
+        except _Stopping:
+            pass                                      # left 'sending': resumed at the next start
+        except Exception as exc:
+            log.exception("job %d: send to %s crashed", row["job_id"], row["called_ae"])
+            try:
+                self._after_failure(row, f"internal error: {exc}", 0, 0)
+            except Exception:
+                pass
+
+    def _send_once(self, row: dict[str, Any]) -> None:
+        job_id, send_id = row["job_id"], row["id"]
+        jobdir = self.layout.job_dir(job_id)
+        destination = Destination(row["host"], row["port"], row["called_ae"], row["calling_ae"])
+        acked = self.store.acked(send_id)
+        todo: list[Path] = []
+        for rel in json.loads(row["files"]):
+            path = jobdir / rel
+            try:
+                header = read_part10_header(path)
+            except OSError:
+                header = None
+            if header is not None and header.sop_instance_uid in acked:
+                continue
+            todo.append(path)
+        already = len(acked)
+
+        def acknowledged(result: FileResult) -> None:
+            if result.ok:
+                self.store.ack(send_id, result.sop_instance_uid, result.status or 0)
+            if self._stopping.is_set():
+                raise _Stopping()
+
+        report = send_files(todo, destination, timeout=self.config.timeout, on_result=acknowledged)
+        sent = len(self.store.acked(send_id))
+        failed = report.failed
+        lines = [f"send to {destination} (rule {row['rule_index']}, attempt {row['attempts']}): "
+                 f"{len(report.sent)} sent now, {already} acknowledged before, {len(failed)} failed, "
+                 f"{sum(f.skipped for f in report.files)} not DICOM"]
+        lines += [f"  {f.path.relative_to(jobdir)}: {f.error}" for f in failed[:50] if not report.association_error]
+        if report.association_error:
+            lines.append(f"  {report.association_error}")
+        self._log(job_id, lines)
+        if report.ok:
+            self.store.finish(row, SENT, time.time(), "", sent, 0)
+            self.count("routing.sent")
+            log.info("job %d: %d file(s) sent to %s%s", job_id, sent, destination,
+                     f" ({already} before a restart)" if already else "")
+            return
+        if report.association_error:
+            error = report.association_error
+        else:
+            first = failed[0]
+            error = f"{len(failed)} file(s) not stored; first: {first.path.name}: {first.error}"
+        self._after_failure(row, error, sent, len(failed))
+
+    def _after_failure(self, row: dict[str, Any], error: str, sent: int, failed: int) -> None:
+        attempts = row["attempts"]
+        if attempts > row["retry_count"]:
+            self.store.finish(row, FAILED, time.time(), error, sent, failed)
+            self.count("routing.failed")
+            self._log(row["job_id"], [f"send to {row['called_ae']}@{row['host']}:{row['port']} failed for good "
+                                      f"after {attempts} attempt(s): {error}"])
+            log.error("job %d: send to %s@%s:%s failed after %d attempt(s): %s", row["job_id"], row["called_ae"],
+                      row["host"], row["port"], attempts, error)
+            return
+        delay = row["retry_backoff"] * 2 ** (attempts - 1)
+        self.store.finish(row, PENDING, time.time() + delay, error, sent, failed)
+        log.warning("job %d: send to %s@%s:%s failed (attempt %d of %d), retry in %.0f s: %s", row["job_id"],
+                    row["called_ae"], row["host"], row["port"], attempts, row["retry_count"] + 1, delay, error)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        resumed = self.store.recover()
+        if resumed:
+            log.info("resuming %d send(s) interrupted by the last stop", resumed)
+        self._loop.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._loop.stop()
+        with self._lock:
+            futures = list(self._running.values())
+        wait(futures, timeout=timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
