@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(rp, "node data root (routing.json there)", default=".")
     rp.add_argument("--rules", metavar="FILE", help="routing rules (default DATA/routing.json)")
     rp.add_argument("--success", metavar="VALUE", help="pretend proc.json said this")
-    rp.add_argument("--me", metavar="HOST:PORT", default="127.0.0.1:11112", help="what $me:$port stand for")
+    rp.add_argument("--me", metavar="HOST:PORT", help="what $me:$port stand for (default from --config "
+                                                      "[routing]/[dicom], else 127.0.0.1:11112)")
     rp = rsub.add_parser("status", help="what routing did for a job (or the latest jobs): destinations, state, "
                                         "attempts, files sent, last error")
     rp.add_argument("job", metavar="JOB", nargs="?", type=int, help="a job id (default: the latest 20 jobs)")
@@ -338,7 +339,16 @@ def cmd_route(args: argparse.Namespace) -> int:
         return 2
     print(f"job: called {ctx.called_ae!r}, calling {ctx.calling_ae!r}, success {ctx.success!r}, "
           f"series types {sorted(types)}; rules from {table.source}")
-    for line in table.explain(ctx, me=_host_port(args.me)):
+    me, known_aes = ("127.0.0.1", 11112), {}
+    if getattr(args, "config", None):
+        from .config import load_node_config
+        config = load_node_config(args.config, {"data_dir": args.data_dir if args.data_dir != "." else None})
+        host = config.routing.me or config.dicom.host
+        me = ("127.0.0.1" if host in ("", "0.0.0.0", "::") else host, config.routing.port or config.dicom.port)
+        known_aes = dict(config.routing.known_aes)
+    if args.me:
+        me = _host_port(args.me)
+    for line in table.explain(ctx, me=me, known_aes=known_aes):
         print(line)
     return 0
 
@@ -351,10 +361,14 @@ def _route_status(layout: "DataLayout", job_id: int | None) -> int:
 
     db = Database(layout.database)
     try:
-        jobs = [db.job(job_id)] if job_id is not None else list(reversed(db.jobs(limit=20)))
-        if jobs == [None]:
-            print(f"magickbox: no job {job_id}", file=sys.stderr)
-            return 1
+        if job_id is not None:
+            found = db.job(job_id)
+            if found is None:
+                print(f"magickbox: no job {job_id}", file=sys.stderr)
+                return 1
+            jobs = [found]
+        else:
+            jobs = list(reversed(db.jobs(limit=20)))
         for job in jobs:
             records = routing_records(db, job.id)
             print(f"job {job.id} {job.status} {job.bucket_ae}: " + (f"{len(records)} destination(s)" if records

@@ -296,3 +296,36 @@ def test_return_to_the_calling_ae_from_the_known_ae_table(tmp_path):
             assert scanner.received_uids() == uids(files)
         finally:
             node.stop()
+
+
+@pytest.mark.parametrize("routing, key", [
+    ({"senders": 0}, "routing.senders"),
+    ({"timeout": "soon"}, "routing.timeout"),
+    ({"known_aes": {"PACS": "10.0.0.5"}}, "routing.known_aes.PACS"),
+    ({"known_aes": {"BAD\\AE": "10.0.0.5:104"}}, "routing.known_aes"),
+    ({"port": 70000}, "routing.port"),
+    ({"retries": 3}, "routing.retries"),
+])
+def test_routing_config_errors_name_the_key(tmp_path, routing, key):
+    from magickbox.config import ConfigError, build_node_config
+    with pytest.raises(ConfigError) as err:
+        build_node_config({"data_dir": str(tmp_path), "routing": routing})
+    assert str(err.value).startswith(f"{key}:")
+
+
+def test_route_test_uses_the_known_ae_table_of_the_config(tmp_path):
+    data = tmp_path / "node"
+    job = data / "jobs" / "3"
+    (job / "result" / "output").mkdir(parents=True)
+    (job / "info.json").write_text(json.dumps({"AETitleCalled": "ProcCopy", "AETitleCaller": "SCANNER"}))
+    (job / "result" / "output" / "proc.json").write_text('[{"success": "success"}]')
+    (data / "routing.json").write_text(json.dumps({"routing": [
+        {"AETitleIn": "ProcCopy", "send": [{"success": {"AETitleSender": "HOPS", "AETitleTo": "$caller"},
+                                            "failed": dest(104, "ERRORS")}]}]}))
+    config = tmp_path / "node.toml"
+    config.write_text(f'data_dir = "{data}"\n[routing.known_aes]\nSCANNER = "10.1.2.3:4104"\n')
+    out = subprocess.run([MAGICKBOX, "route", "test", "3", "--config", str(config)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "'success' -> SCANNER@10.1.2.3:4104: sends" in out.stdout
+    assert "'failed' -> ERRORS: skipped, success value 'success' does not match" in out.stdout

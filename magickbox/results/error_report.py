@@ -96,7 +96,7 @@ def write_error_report(target: Path, job_id: int, status: str, message: str, log
     ds = Dataset()
     for keyword in _COPIED:
         if keyword in source:
-            setattr(ds, keyword, source.data_element(keyword).value)
+            setattr(ds, keyword, source[keyword].value)
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                     "StudyID", "AccessionNumber", "ReferringPhysicianName"):
         if keyword not in ds:
