@@ -6,7 +6,10 @@ each, alternating, median of ``--rounds``.  The sender is what routing uses
 (:func:`magickbox.results.send.send_files`); files go out in their own transfer syntax.
 
 Prints images/s for both and the ratio magickbox / storescu.  **Target >= 0.5**
-(a plain pynetdicom sender without TCP_NODELAY reaches about 0.03).
+(a plain pynetdicom sender without TCP_NODELAY reaches about 0.03).  ``durable`` is the
+same sender as the routing stage runs it: every acknowledged file recorded in the node's
+SQLite file (``route_acks``, ``synchronous=FULL``) before the next one goes out; its ratio
+is printed too (information: what durability per file costs).
 
     python benchmarks/bench_route.py [--images 500] [--size-kb 130] [--rounds 3]
 """
@@ -25,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_receive import generate_study, run_storescp, send, stop  # noqa: E402
 
+from magickbox.db import Database  # noqa: E402
+from magickbox.results.outflow import RouteStore  # noqa: E402
 from magickbox.results.send import Destination, send_files  # noqa: E402
 
 
@@ -37,7 +42,7 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="hops-bench-route-"))
     try:
         files = generate_study(base / "study", args.images, args.size_kb)
-        timings: dict[str, list[float]] = {"storescu": [], "magickbox": []}
+        timings: dict[str, list[float]] = {"storescu": [], "magickbox": [], "durable": []}
         for r in range(args.rounds):
             for name in timings:
                 target = base / f"{name}-{r}"
@@ -46,9 +51,17 @@ def main() -> int:
                     if name == "storescu":
                         timings[name].append(send(port, "PACS", files))
                     else:
+                        db = store = None
+                        if name == "durable":
+                            db = Database(base / f"route-{r}.sqlite")
+                            store = RouteStore(db)
                         started = time.perf_counter()
-                        report = send_files(files, Destination("127.0.0.1", port, "PACS", "BENCH"))
+                        report = send_files(files, Destination("127.0.0.1", port, "PACS", "BENCH"),
+                                            on_result=None if store is None else
+                                            (lambda f, s=store: s.ack(1, f.sop_instance_uid, f.status or 0)))
                         timings[name].append(time.perf_counter() - started)
+                        if db is not None:
+                            db.close()
                         if not report.ok or len(report.sent) != len(files):
                             raise SystemExit(f"magickbox send failed: {report.summary()}")
                 finally:
@@ -66,6 +79,8 @@ def main() -> int:
         ratio = rate["magickbox"] / rate["storescu"]
         print(f"ratio magickbox send / dcmtk storescu: {ratio:.2f}x  (target >= 0.5)"
               + ("  OK" if ratio >= 0.5 else "  BELOW TARGET"))
+        print(f"ratio durable routing send (ack per file in SQLite) / dcmtk storescu: "
+              f"{rate['durable'] / rate['storescu']:.2f}x")
         return 0 if ratio >= 0.5 else 1
     finally:
         shutil.rmtree(base, ignore_errors=True)

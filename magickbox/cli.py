@@ -5,7 +5,8 @@
     magickbox buckets list|create|run|install|remove|enable|disable ...
     magickbox backfill BUCKET --data-dir DIR [--since DATE] [--until DATE] [--match REGEX] [--dry-run]
     magickbox jobs --data-dir DIR [--status S] [--cancel ID]
-    magickbox route test JOB|DIR [--success VALUE] | route echo HOST:PORT AETITLE
+    magickbox route test JOB|DIR [--success VALUE] | route status [JOB] | route retry JOB
+                    | route echo HOST:PORT AETITLE
     magickbox qa phantom|analyse|install|bucket-dir ...   (phantom QA, see magickbox.qa.cli)
     magickbox tokens create|revoke|list --data-dir DIR [--role read|admin] [NAME]
 
@@ -131,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp = rsub.add_parser("status", help="what routing did for a job (or the latest jobs): destinations, state, "
                                         "attempts, files sent, last error")
     rp.add_argument("job", metavar="JOB", nargs="?", type=int, help="a job id (default: the latest 20 jobs)")
+    data_options(rp, default=".")
+    rp = rsub.add_parser("retry", help="send a job's failed destinations again (fresh retries; the running "
+                                       "node picks them up)")
+    rp.add_argument("job", metavar="JOB", type=int)
     data_options(rp, default=".")
     rp = rsub.add_parser("echo", help="verify a destination with C-ECHO")
     rp.add_argument("address", metavar="HOST:PORT")
@@ -316,6 +321,16 @@ def cmd_route(args: argparse.Namespace) -> int:
     layout = layout_from_args(args)
     if args.route_command == "status":
         return _route_status(layout, args.job)
+    if args.route_command == "retry":
+        from .db import Database
+        from .results.outflow import RouteStore
+        db = Database(layout.database)
+        try:
+            count = RouteStore(db).retry_failed(args.job)
+        finally:
+            db.close()
+        print(f"job {args.job}: {count} failed send(s) due again")
+        return 0 if count else 1
     jobdir = Path(args.target) if not args.target.isdigit() else layout.job_dir(args.target)
     try:
         info = json.loads((jobdir / "info.json").read_text())

@@ -207,6 +207,16 @@ def test_fail_over_and_retry_until_the_destination_comes_back(tmp_path):
                 ("PRIMARY", "failed", 2), ("BACKUP", "sent", 1), ("NEVER", "skipped", 0)]
             assert "cannot connect" in chain[0]["last_error"]
             assert backup.received_uids() == uids(first)
+            # the primary is back: 'magickbox route retry' makes its failed send due again
+            primary = StorescpPeer(tmp_path / "primary", "PRIMARY")
+            primary.port = dead_port
+            with primary:
+                out = subprocess.run([MAGICKBOX, "route", "retry", str(copy_job["id"]), "--data-dir", str(data)],
+                                     capture_output=True, text=True, timeout=60)
+                assert out.returncode == 0 and "1 failed send(s) due again" in out.stdout, out.stderr
+                wait_until("the primary to receive", lambda: routing_of(node, copy_job["id"])[0]["state"] == "sent",
+                           node=node)
+                assert primary.received_uids() == uids(first)
 
             late_job = job_for(node, "ProcLate")
             retrying = wait_until("two failed attempts", lambda: (

@@ -97,11 +97,25 @@ class RouteStore:
                      " 'finished before routing was enabled' FROM jobs"
                      f" WHERE status IN ({_FINAL_SQL})", (time.time(),))])
 
-    def unplanned_jobs(self, limit: int = 100) -> list[Job]:
+    def unplanned_jobs(self, floor: int = 0, limit: int = 100) -> list[Job]:
+        """Jobs with id >= ``floor`` in a final status without a routing plan, oldest first."""
         rows = self.db.execute(
             "SELECT jobs.* FROM jobs LEFT JOIN route_plans p ON p.job_id = jobs.id"
-            f" WHERE p.job_id IS NULL AND jobs.status IN ({_FINAL_SQL}) ORDER BY jobs.id LIMIT ?", (limit,)).fetchall()
+            f" WHERE jobs.id >= ? AND p.job_id IS NULL AND jobs.status IN ({_FINAL_SQL}) ORDER BY jobs.id LIMIT ?",
+            (floor, limit)).fetchall()
         return [Database._job(r) for r in rows]
+
+    def job_bounds(self) -> tuple[int | None, int]:
+        """(lowest id of a queued or running job or None, highest job id or 0)."""
+        active = self.db.execute("SELECT min(id) FROM jobs WHERE status IN (?, ?)",
+                                 (JobStatus.QUEUED.value, JobStatus.RUNNING.value)).fetchone()[0]
+        return active, self.db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
+
+    def retry_failed(self, job_id: int) -> int:
+        """Make a job's failed sends due again with fresh attempts (``magickbox route retry``)."""
+        return self.db._tx([(f"UPDATE route_sends SET state = '{PENDING}', attempts = 0, next_try = ?, updated = ?"
+                             f" WHERE job_id = ? AND state = '{FAILED}' AND host != ''",
+                             (time.time(), time.time(), job_id))])[0].rowcount
 
     def record_plan(self, job_id: int, success: str, note: str, sends: list[dict[str, Any]]) -> None:
         """The plan and all its sends, in one transaction."""
@@ -222,6 +236,7 @@ class RouteStage:
         self._running: dict[int, Future[None]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._floor = 0
         self._loop = Periodic("routing", interval, self.run_once, log, "routing pass failed")
 
     # -- rules ----------------------------------------------------------------------------------
@@ -314,13 +329,20 @@ class RouteStage:
     def run_once(self) -> None:
         """One pass: reload rules, plan finished jobs, start due sends."""
         self.reload_if_changed()
-        for job in self.store.unplanned_jobs():
+        # jobs below the floor are all final and planned: each pass looks only above it
+        active, highest = self.store.job_bounds()          # before the search, so no job slips by
+        jobs = self.store.unplanned_jobs(self._floor, limit=100)
+        not_planned: list[int] = []
+        for job in jobs:
             if self._stopping.is_set():
                 return
             try:
                 self.plan_job(job)
             except Exception:
+                not_planned.append(job.id)
                 log.exception("job %d: routing could not be planned; trying again", job.id)
+        if len(jobs) < 100:
+            self._floor = max(self._floor, min(x for x in (active, *not_planned, highest + 1) if x is not None))
         with self._lock:
             for send_id in [i for i, f in self._running.items() if f.done()]:
                 del self._running[send_id]
