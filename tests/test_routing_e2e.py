@@ -339,3 +339,32 @@ def test_route_test_uses_the_known_ae_table_of_the_config(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "'success' -> SCANNER@10.1.2.3:4104: sends" in out.stdout
     assert "'failed' -> ERRORS: skipped, success value 'success' does not match" in out.stdout
+
+
+def test_a_partial_failure_is_recorded_per_file_and_retried_without_resending_the_rest(tmp_path):
+    """One output file has a SOP class the PACS does not take: the others are stored once,
+    the job's routing shows the failed file (routing.log names it), and the retries send
+    only that file again before the send is marked failed."""
+    data = tmp_path / "node"
+    data.mkdir()
+    good = make_study(tmp_path / "s1", 3)
+    odd = make_study(tmp_path / "odd", 1, study_uid=str(pydicom.dcmread(good[0]).StudyInstanceUID))[0]
+    ds = pydicom.dcmread(odd)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.10.1345.99.1"   # unknown
+    ds.save_as(odd, enforce_file_format=True)
+    process_bucket(data / "buckets", "ProcCopy", COPY_SCRIPT + f'cp "{odd}" "$2/odd.dcm"\n')
+    with SlowStorescp(tmp_path / "pacs", "PACS", delay=0) as pacs:
+        (data / "routing.json").write_text(json.dumps({"routing": [
+            {"AETitleIn": "ProcCopy", "send": [{".*": dest(pacs.port, "PACS", retry={"count": 2, "backoff": 0.2})}]}]}))
+        node = MagickboxProcess(data, quiet_seconds=1.0).start()
+        try:
+            storescu(node.dicom_port, "ProcCopy", good)
+            job = job_for(node, "ProcCopy")
+            record = routed(node, job["id"])[0]
+            assert (record["state"], record["sent"], record["failed"], record["attempts"]) == ("failed", 3, 1, 3)
+            assert "1 file(s) not stored" in record["last_error"]
+            log = (data / "jobs" / str(job["id"]) / "routing.log").read_text()
+            assert log.count("output/odd.dcm: the peer accepted no presentation context") == 3   # once per attempt
+            assert sorted(pacs.received()) == sorted(uids(good))         # each good file exactly once
+        finally:
+            node.stop()
