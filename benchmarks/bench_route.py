@@ -7,15 +7,16 @@ each, alternating, median of ``--rounds``.  The sender is what routing uses
 
 Prints images/s for both and the ratio magickbox / storescu.  **Target >= 0.5**
 (a plain pynetdicom sender without TCP_NODELAY reaches about 0.03).  ``durable`` is the
-same sender as the routing stage runs it: every acknowledged file recorded in the node's
-SQLite file (``route_acks``, ``synchronous=FULL``) before the next one goes out; its ratio
-is printed too (information: what durability per file costs).
+same sender as a routing worker runs it: every acknowledged file appended to the send's
+``.acks`` file and fsynced before the next one goes out; its ratio is printed too
+(information: what durability per file costs).
 
     python benchmarks/bench_route.py [--images 500] [--size-kb 130] [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -28,8 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_receive import generate_study, run_storescp, send, stop  # noqa: E402
 
-from magickbox.db import Database  # noqa: E402
-from magickbox.results.outflow import RouteStore  # noqa: E402
 from magickbox.results.send import Destination, send_files  # noqa: E402
 
 
@@ -51,17 +50,18 @@ def main() -> int:
                     if name == "storescu":
                         timings[name].append(send(port, "PACS", files))
                     else:
-                        db = store = None
-                        if name == "durable":
-                            db = Database(base / f"route-{r}.sqlite")
-                            store = RouteStore(db)
+                        acks = open(base / f"send-{r}.acks", "a") if name == "durable" else None
+
+                        def record(result, acks=acks):
+                            if acks is not None and result.ok:
+                                acks.write(f"{result.sop_instance_uid} {result.status}\n")
+                                acks.flush()
+                                os.fdatasync(acks.fileno())
                         started = time.perf_counter()
-                        report = send_files(files, Destination("127.0.0.1", port, "PACS", "BENCH"),
-                                            on_result=None if store is None else
-                                            (lambda f, s=store: s.ack(1, f.sop_instance_uid, f.status or 0)))
+                        report = send_files(files, Destination("127.0.0.1", port, "PACS", "BENCH"), on_result=record)
                         timings[name].append(time.perf_counter() - started)
-                        if db is not None:
-                            db.close()
+                        if acks is not None:
+                            acks.close()
                         if not report.ok or len(report.sent) != len(files):
                             raise SystemExit(f"magickbox send failed: {report.summary()}")
                 finally:
@@ -79,7 +79,7 @@ def main() -> int:
         ratio = rate["magickbox"] / rate["storescu"]
         print(f"ratio magickbox send / dcmtk storescu: {ratio:.2f}x  (target >= 0.5)"
               + ("  OK" if ratio >= 0.5 else "  BELOW TARGET"))
-        print(f"ratio durable routing send (ack per file in SQLite) / dcmtk storescu: "
+        print(f"ratio durable routing send (ack fsynced per file) / dcmtk storescu: "
               f"{rate['durable'] / rate['storescu']:.2f}x")
         return 0 if ratio >= 0.5 else 1
     finally:

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buckets", metavar="AE,...", help="only these buckets (default: all enabled)")
     p.add_argument("--engine", metavar="URL", help="container engine (default $DOCKER_HOST or podman's socket)")
     p.add_argument("--worker-id", help="name in logs and job records (default host-pid)")
+    p.add_argument("--route-senders", type=int, default=2, metavar="N",
+                   help="result sends (routing) run at once by this worker; 0: none (default 2)")
 
     p = sub.add_parser("buckets", help="create, test, install and manage processing buckets")
     bsub = p.add_subparsers(dest="bucket_command", metavar="ACTION", required=True)
@@ -195,7 +197,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     logging.getLogger("gear").setLevel(logging.WARNING)
     buckets = [b.strip() for b in args.buckets.split(",") if b.strip()] if args.buckets else None
-    worker = Worker(layout_from_args(args), parse_servers(args.gearman), buckets, args.engine, args.worker_id)
+    worker = Worker(layout_from_args(args), parse_servers(args.gearman), buckets, args.engine, args.worker_id,
+                    route_senders=max(0, args.route_senders))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

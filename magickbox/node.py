@@ -54,11 +54,6 @@ class Node:
         self.archive = DicomArchive(layout, fsync=config.dicom.fsync, replace=config.dicom.replace,
                                     spool_memory=int(config.dicom.spool_memory_mb * 1024 * 1024))
         self.db = Database(layout.database)
-        try:
-            self.routing = RouteStage(layout, self.db, config.routing, self._routing_address)
-        except RoutingError as exc:
-            self.db.close()
-            raise ConfigError("routing.json", str(exc)) from None
         self.series = SeriesRecords(layout, self.rules)
         self.telemetry = NodeTelemetry(config.node_name, config.graphite, config.graphite_interval, gauges={
             nm.QUEUE_LENGTH: lambda: self.db.count_jobs(JobStatus.QUEUED),
@@ -75,12 +70,21 @@ class Node:
             self.job_server = EmbeddedJobServer()
             servers = [("127.0.0.1", self.job_server.port)]
         self.gearman_servers = servers
+        try:
+            self.routing = RouteStage(layout, self.db, config.routing, self._routing_address, servers,
+                                      resubmit_after=config.resubmit_after if config.gearman_servers else 60.0)
+        except RoutingError as exc:
+            if self.job_server is not None:
+                self.job_server.stop()
+            self.db.close()
+            raise ConfigError("routing.json", str(exc)) from None
         self.dispatcher = Dispatcher(layout, self.db, self.archive, self.registry, servers,
                                      count=self.telemetry.count,
                                      resubmit_after=config.resubmit_after if config.gearman_servers else float("inf"))
         self.telemetry.gauges[nm.START_LATENCY] = lambda: self.dispatcher.last_start_latency
         self.worker = Worker(layout, servers, list(config.worker_buckets) or None, config.engine_url,
-                             worker_id=f"{config.node_name}-embedded") if config.worker_enabled else None
+                             worker_id=f"{config.node_name}-embedded",
+                             route_senders=config.routing.senders) if config.worker_enabled else None
         self.receiver = StorageReceiver(config, self.archive, self.registry, self.tracker, self.series,
                                         HeaderReader(self.rules.dicom_tags()), self.telemetry)
         self.web: HttpServer | None = None

@@ -1,8 +1,8 @@
 """The routing stage: durable sends of every finished job's results (routing.json).
 
 run → **route**.  Every job whose final status was committed gets a routing plan exactly
-once, and every (job, rule, destination) of the plan is a durable send record; sends run
-in the node's sender threads, never in the receiver's, and survive a node restart.
+once, and every (job, rule, destination) of the plan is a durable send record; its
+attempts are gearman jobs (function ``route``) like bucket runs, and survive a restart.
 
 Tables (in the node's SQLite file, next to the job table)::
 
@@ -22,17 +22,23 @@ Tables (in the node's SQLite file, next to the job table)::
   routes as ``success = "failed"``; cancelled jobs are not routed.  Jobs that were
   already finished when the tables were first created are marked as routed, so an
   upgrade never re-sends history.
-* **Sending**: a send is due when its state is ``pending``, its ``next_try`` has come
-  and no earlier destination of the same rule with ``break: 1`` is still undecided.
-  One association per send (:func:`~magickbox.results.send.send_files`); every file's
-  C-STORE status is checked and each acknowledged file is written to ``route_acks``
-  before the next file goes out, so a resumed send skips what the destination already
-  acknowledged (only a file in flight when the node died can arrive twice).
-* **Outcome**: all files acknowledged → ``sent`` (a ``break`` destination then marks the
-  rule's later destinations ``skipped``); otherwise the send is retried after
-  ``backoff * 2**(attempt-1)`` seconds until ``retry.count`` retries are used, then
-  ``failed`` — and the next destination of a fail-over chain becomes due.  A send that
-  was running when the node died (``sending``) is resumed at start-up.
+* **Sending** goes through the same queue as the buckets: a send is due when its state is
+  ``pending``, its ``next_try`` has come and no earlier destination of the same rule with
+  ``break: 1`` is still undecided; the node then counts an attempt (``sending``), writes
+  the attempt's spec into the job directory and submits a background gearman job to the
+  function ``route`` (unique per attempt), which a worker — the node's embedded one or any
+  ``magickbox worker`` with the data root — runs (:mod:`.route_worker`): one association,
+  every file's C-STORE status checked, each acknowledged file appended and fsynced to
+  ``send-<id>.acks`` before the next file goes out, so a resumed send skips what the
+  destination already acknowledged (only a file in flight when the node died can arrive
+  twice).  The receiver never waits for a send.
+* **Reconciling** (every pass): an attempt's outcome file becomes the send's state
+  (acknowledged files copied to ``route_acks``); all files acknowledged → ``sent`` (a
+  ``break`` destination then marks the rule's later destinations ``skipped``); otherwise
+  retried after ``backoff * 2**(attempt-1)`` seconds until ``retry.count`` retries are
+  used, then ``failed`` — and the next destination of a fail-over chain becomes due.  An
+  attempt whose worker died (stale claim) counts as a failed attempt; one that nobody took
+  (the embedded job server forgot it in a restart) is submitted again.
 * **Visible**: :func:`routing_records` (API job detail ``routing``, ``magickbox route
   status``), ``jobs/<id>/routing.log`` (the plan with the reasons, every attempt, every
   failed file) and the node log (counts and destinations only, no patient data).
@@ -46,9 +52,10 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
+
+import gear
 
 from ..config import RoutingConfig
 from ..db import Database, Job
@@ -57,8 +64,8 @@ from ..layout import DataLayout
 from ..model import FINAL_STATUSES, JobStatus
 from ..periodic import Periodic
 from .error_report import write_error_report
+from .route_worker import ROUTE_FUNCTION, RouteRequest, SendFiles
 from .routing import RoutingContext, RoutingError, RoutingTable, load_rules, select_files
-from .send import Destination, FileResult, read_part10_header, send_files
 
 __all__ = ["RouteStore", "RouteStage", "routing_records", "job_success_value"]
 
@@ -134,10 +141,14 @@ class RouteStore:
                  now)))
         self.db._tx(statements)
 
-    def recover(self) -> int:
-        """At start-up: sends that were running when the node stopped are due again."""
-        return self.db._tx([(f"UPDATE route_sends SET state = '{PENDING}', next_try = ? WHERE state = '{SENDING}'",
-                             (time.time(),))])[0].rowcount
+    def sending(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute(f"SELECT * FROM route_sends WHERE state = '{SENDING}' ORDER BY id")]
+
+    def unclaim(self, send_id: int, error: str) -> None:
+        """A claimed attempt that could not be queued: pending again, the attempt not counted."""
+        self.db._tx([(f"UPDATE route_sends SET state = '{PENDING}', attempts = max(attempts - 1, 0), next_try = ?,"
+                      f" last_error = ?, updated = ? WHERE id = ? AND state = '{SENDING}'",
+                      (time.time() + 5, error, time.time(), send_id))])
 
     def due(self, now: float, limit: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
@@ -153,11 +164,15 @@ class RouteStore:
                              f" WHERE id = ? AND state = '{PENDING}'", (time.time(), send_id))])[0].rowcount == 1
 
     def ack(self, send_id: int, sop_uid: str, status: int) -> None:
+        """Record an acknowledged file (the node copies the worker's ``.acks`` here when an
+        attempt ends; ``benchmarks/bench_route.py`` times it per file)."""
         self.db._tx([("INSERT OR IGNORE INTO route_acks (send_id, sop_uid, status, acked) VALUES (?, ?, ?, ?)",
                       (send_id, sop_uid, status, time.time()))])
 
-    def acked(self, send_id: int) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT sop_uid FROM route_acks WHERE send_id = ?", (send_id,))}
+    def record_acks(self, send_id: int, acked: dict[str, int]) -> None:
+        now = time.time()
+        self.db._tx([("INSERT OR IGNORE INTO route_acks (send_id, sop_uid, status, acked) VALUES (?, ?, ?, ?)",
+                      (send_id, uid, status, now)) for uid, status in acked.items()])
 
     def finish(self, row: dict[str, Any], state: str, next_try: float, error: str, sent: int, failed: int) -> None:
         now = time.time()
@@ -210,33 +225,29 @@ def job_success_value(job: Job, jobdir: JobDir) -> str:
     return success if success is not None else "failed"
 
 
-class _Stopping(Exception):
-    """The node is stopping: the send is left for the next start."""
-
-
 class RouteStage:
-    """Plans and runs the sends (see the module docstring).  ``me``: the node's address
-    for ``$me``/``$port`` (a callable, as the DICOM port is known only once bound)."""
+    """Plans the sends and queues their attempts on gearman (function ``route``, run by
+    :mod:`magickbox.results.route_worker` in a worker); reconciles the attempts' outcomes
+    into the send records (see the module docstring).  ``me``: the node's address for
+    ``$me``/``$port`` (a callable: the DICOM port is known only once bound)."""
 
     def __init__(self, layout: DataLayout, db: Database, config: RoutingConfig,
-                 me: Callable[[], tuple[str, int]], interval: float = 0.5,
-                 count: Callable[[str], None] = lambda name: None):
+                 me: Callable[[], tuple[str, int]], servers: list[tuple[str, int]] | None = None,
+                 interval: float = 0.5, resubmit_after: float = 60.0):
         self.layout = layout
         self.config = config
         self.store = RouteStore(db)
         self.me = me
-        self.count = count
         self.rules_path = layout.routing_rules
         self._stamp = self._file_stamp()
-        try:
-            self.table: RoutingTable = load_rules(self.rules_path)     # RoutingError refuses the start
-        except RoutingError:
-            raise
-        self._pool = ThreadPoolExecutor(config.senders, thread_name_prefix="route-send")
-        self._running: dict[int, Future[None]] = {}
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self.table: RoutingTable = load_rules(self.rules_path)     # RoutingError refuses the start
+        self.servers = servers or []
+        self.resubmit_after = resubmit_after
+        self.client: gear.Client | None = None
+        self._submitted: dict[int, float] = {}      # send id -> when its current attempt was queued
+        self._warned = False
         self._floor = 0
+        self._stopping = threading.Event()
         self._loop = Periodic("routing", interval, self.run_once, log, "routing pass failed")
 
     # -- rules ----------------------------------------------------------------------------------
@@ -327,7 +338,7 @@ class RouteStage:
 
     # -- sending --------------------------------------------------------------------------------
     def run_once(self) -> None:
-        """One pass: reload rules, plan finished jobs, start due sends."""
+        """One pass: reload rules, plan finished jobs, reconcile running attempts, queue due sends."""
         self.reload_if_changed()
         # jobs below the floor are all final and planned: each pass looks only above it
         active, highest = self.store.job_bounds()          # before the search, so no job slips by
@@ -343,103 +354,124 @@ class RouteStage:
                 log.exception("job %d: routing could not be planned; trying again", job.id)
         if len(jobs) < 100:
             self._floor = max(self._floor, min(x for x in (active, *not_planned, highest + 1) if x is not None))
-        with self._lock:
-            for send_id in [i for i, f in self._running.items() if f.done()]:
-                del self._running[send_id]
-            free = self.config.senders - len(self._running)
-            if free <= 0 or self._stopping.is_set():
-                return
-            for row in self.store.due(time.time(), free + len(self._running)):
-                if row["id"] in self._running or len(self._running) >= self.config.senders:
-                    continue
-                if self.store.claim(row["id"]):
-                    row["attempts"] += 1
-                    self._running[row["id"]] = self._pool.submit(self._send, row)
-
-    def _send(self, row: dict[str, Any]) -> None:
-        try:
-            self._send_once(row)
-        except _Stopping:
-            pass                                      # left 'sending': resumed at the next start
-        except Exception as exc:
-            log.exception("job %d: send to %s crashed", row["job_id"], row["called_ae"])
-            try:
-                self._after_failure(row, f"internal error: {exc}", 0, 0)
-            except Exception:
-                pass
-
-    def _send_once(self, row: dict[str, Any]) -> None:
-        job_id, send_id = row["job_id"], row["id"]
-        jobdir = self.layout.job_dir(job_id)
-        destination = Destination(row["host"], row["port"], row["called_ae"], row["calling_ae"])
-        acked = self.store.acked(send_id)
-        todo: list[Path] = []
-        for rel in json.loads(row["files"]):
-            path = jobdir / rel
-            try:
-                header = read_part10_header(path)
-            except OSError:
-                header = None
-            if header is not None and header.sop_instance_uid in acked:
-                continue
-            todo.append(path)
-        already = len(acked)
-
-        def acknowledged(result: FileResult) -> None:
-            if result.ok:
-                self.store.ack(send_id, result.sop_instance_uid, result.status or 0)
+        self.reconcile()
+        for row in self.store.due(time.time(), 100):
             if self._stopping.is_set():
-                raise _Stopping()
+                return
+            if self.store.claim(row["id"]):
+                row["attempts"] += 1
+                self._queue(row)
 
-        report = send_files(todo, destination, timeout=self.config.timeout, on_result=acknowledged)
-        sent = len(self.store.acked(send_id))
-        failed = report.failed
-        lines = [f"send to {destination} (rule {row['rule_index']}, attempt {row['attempts']}): "
-                 f"{len(report.sent)} sent now, {already} acknowledged before, {len(failed)} failed, "
-                 f"{sum(f.skipped for f in report.files)} not DICOM"]
-        lines += [f"  {f.path.relative_to(jobdir)}: {f.error}" for f in failed[:50] if not report.association_error]
-        if report.association_error:
-            lines.append(f"  {report.association_error}")
-        self._log(job_id, lines)
-        if report.ok:
-            self.store.finish(row, SENT, time.time(), "", sent, 0)
-            self.count("routing.sent")
-            log.info("job %d: %d file(s) sent to %s%s", job_id, sent, destination,
-                     f" ({already} before a restart)" if already else "")
+    def _queue(self, row: dict[str, Any]) -> None:
+        """Write the attempt's spec and submit it to gearman (background, unique per attempt)."""
+        files = SendFiles(self.layout, row["job_id"], row["id"])
+        earlier = files.outcome_path(row["attempts"])
+        if earlier.exists() and row["id"] not in self._submitted:   # from before a 'route retry'
+            earlier.rename(earlier.with_name(f"{earlier.name}.superseded-{time.time():.0f}"))
+        files.write_spec({"job": row["job_id"], "send": row["id"], "attempt": row["attempts"],
+                          "destination": {"host": row["host"], "port": row["port"], "called_ae": row["called_ae"],
+                                          "calling_ae": row["calling_ae"]},
+                          "files": json.loads(row["files"]), "timeout": self.config.timeout})
+        request = RouteRequest(row["job_id"], row["id"], row["attempts"])
+        try:
+            if self.client is None:
+                self.client = gear.Client("magickbox-routing")
+                for host, port in self.servers:
+                    self.client.addServer(host, port)
+                self.client.waitForServer(timeout=10)
+            self.client.submitJob(gear.Job(ROUTE_FUNCTION.encode(), request.encode(), unique=request.unique),
+                                  background=True, timeout=10)
+        except Exception as exc:
+            if not self._warned:
+                log.warning("cannot queue route sends on gearman (%s); they are retried", exc)
+                self._warned = True
+            self.store.unclaim(row["id"], f"could not be queued: {exc}")
             return
-        if report.association_error:
-            error = report.association_error
+        self._warned = False
+        self._submitted[row["id"]] = time.time()
+
+    def reconcile(self) -> None:
+        """Attempts that ended become the send's state; a dead worker's attempt counts as a
+        failed one; an attempt nobody took is queued again."""
+        now = time.time()
+        for row in self.store.sending():
+            files = SendFiles(self.layout, row["job_id"], row["id"])
+            outcome = files.outcome(row["attempts"])
+            if outcome is not None:
+                self._submitted.pop(row["id"], None)
+                self._finish(row, files, outcome)
+                continue
+            claim = files.claim_state()
+            if claim == "live":
+                continue
+            if claim == "stale":
+                files.remove_stale_claim()
+                self._submitted.pop(row["id"], None)
+                acked = files.acked()
+                self.store.record_acks(row["id"], acked)
+                self._log(row["job_id"], [f"send to {_where(row)} (rule {row['rule_index']}, attempt "
+                                          f"{row['attempts']}): the worker died; {len(acked)} file(s) acknowledged"])
+                self._after_failure(row, "the worker died during the send", len(acked), 0)
+                continue
+            submitted = self._submitted.get(row["id"])
+            if submitted is None or now - submitted > self.resubmit_after:
+                self._queue(row)
+
+    def _finish(self, row: dict[str, Any], files: SendFiles, outcome: dict[str, Any]) -> None:
+        job_id = row["job_id"]
+        acked = files.acked()
+        self.store.record_acks(row["id"], acked)
+        sent = len(acked)
+        failed = outcome.get("failed") or []
+        error = outcome.get("association_error") or ""
+        lines = [f"send to {_where(row)} (rule {row['rule_index']}, attempt {row['attempts']}, "
+                 f"worker {outcome.get('worker')}): {outcome.get('sent_now', 0)} sent now, "
+                 f"{outcome.get('acknowledged_before', 0)} acknowledged before, {len(failed)} failed, "
+                 f"{outcome.get('not_dicom', 0)} not DICOM"]
+        if error:
+            lines.append(f"  {error}")
         else:
-            first = failed[0]
-            error = f"{len(failed)} file(s) not stored; first: {first.path.name}: {first.error}"
+            lines += [f"  {path}: {why}" for path, why in failed[:50]]
+        self._log(job_id, lines)
+        if outcome.get("ok"):
+            self.store.finish(row, SENT, time.time(), "", sent, 0)
+            log.info("job %d: %d file(s) sent to %s%s", job_id, sent, _where(row),
+                     f" ({outcome.get('acknowledged_before')} in an earlier attempt)"
+                     if outcome.get("acknowledged_before") else "")
+            return
+        if not error:
+            path, why = failed[0] if failed else ("?", "?")
+            error = f"{len(failed)} file(s) not stored; first: {Path(path).name}: {why}"
         self._after_failure(row, error, sent, len(failed))
 
     def _after_failure(self, row: dict[str, Any], error: str, sent: int, failed: int) -> None:
         attempts = row["attempts"]
         if attempts > row["retry_count"]:
             self.store.finish(row, FAILED, time.time(), error, sent, failed)
-            self.count("routing.failed")
-            self._log(row["job_id"], [f"send to {row['called_ae']}@{row['host']}:{row['port']} failed for good "
-                                      f"after {attempts} attempt(s): {error}"])
-            log.error("job %d: send to %s@%s:%s failed after %d attempt(s): %s", row["job_id"], row["called_ae"],
-                      row["host"], row["port"], attempts, error)
+            self._log(row["job_id"], [f"send to {_where(row)} failed for good after {attempts} attempt(s): {error}"])
+            log.error("job %d: send to %s failed after %d attempt(s): %s", row["job_id"], _where(row), attempts, error)
             return
         delay = row["retry_backoff"] * 2 ** (attempts - 1)
         self.store.finish(row, PENDING, time.time() + delay, error, sent, failed)
-        log.warning("job %d: send to %s@%s:%s failed (attempt %d of %d), retry in %.0f s: %s", row["job_id"],
-                    row["called_ae"], row["host"], row["port"], attempts, row["retry_count"] + 1, delay, error)
+        log.warning("job %d: send to %s failed (attempt %d of %d), retry in %.0f s: %s", row["job_id"], _where(row),
+                    attempts, row["retry_count"] + 1, delay, error)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        resumed = self.store.recover()
-        if resumed:
-            log.info("resuming %d send(s) interrupted by the last stop", resumed)
+        interrupted = len(self.store.sending())
+        if interrupted:
+            log.info("resuming %d send(s) interrupted by the last stop", interrupted)
         self._loop.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self) -> None:
         self._stopping.set()
         self._loop.stop()
-        with self._lock:
-            futures = list(self._running.values())
-        wait(futures, timeout=timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.client is not None:
+            try:
+                self.client.shutdown()
+            except Exception:
+                pass
+
+
+def _where(row: dict[str, Any]) -> str:
+    return f"{row['called_ae']}@{row['host']}:{row['port']}"
