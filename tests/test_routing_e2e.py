@@ -266,6 +266,7 @@ def test_node_killed_during_a_send_finishes_it_after_restart_without_resending(t
                 assert received.count(uid) == 1, f"{uid} was acknowledged before the kill and sent again"
             assert len(received) <= 7                 # at most the file in flight at the kill twice
             assert "resuming 1 send(s)" in node.log()
+            assert "the worker died" in (data / "jobs" / str(job["id"]) / "routing.log").read_text()
         finally:
             node.stop()
 
@@ -364,3 +365,51 @@ def test_a_partial_failure_is_recorded_per_file_and_retried_without_resending_th
             assert sorted(pacs.received()) == sorted(uids(good))         # each good file exactly once
         finally:
             node.stop()
+
+
+def test_sends_run_on_gearman_workers_and_a_killed_worker_is_replaced(tmp_path, gearmand):
+    """With gearmand and no embedded worker, a ``magickbox worker`` runs the sends (gearman
+    function ``route``).  SIGKILL that worker during a slow send and start another: the
+    send resumes on the new worker, which sends only what the PACS had not acknowledged."""
+    from dicom_helpers import stop_process
+    data = tmp_path / "node"
+    data.mkdir()
+    process_bucket(data / "buckets", "ProcCopy", COPY_SCRIPT)
+    workers: list[subprocess.Popen] = []
+
+    def start_worker() -> subprocess.Popen:
+        log = open(tmp_path / f"worker{len(workers)}.log", "wb")
+        workers.append(subprocess.Popen([MAGICKBOX, "worker", "--gearman", gearmand.address, "--data-dir", str(data),
+                                         "--route-senders", "1"], stdout=log, stderr=subprocess.STDOUT))
+        return workers[-1]
+
+    with SlowStorescp(tmp_path / "slow", "SLOW", delay=1) as slow:
+        (data / "routing.json").write_text(json.dumps({"routing": [
+            {"AETitleIn": "ProcCopy", "send": [{"success": dest(slow.port, "SLOW", retry={"count": 3, "backoff": 0.5})}]}]}))
+        node = MagickboxProcess(data, quiet_seconds=1.0, config={
+            "data_dir": str(data), "worker": {"enabled": False},
+            "gearman": {"servers": [gearmand.address], "resubmit_after": 5}}).start()
+        try:
+            first = start_worker()
+            files = make_study(tmp_path / "s1", 5)
+            storescu(node.dicom_port, "ProcCopy", files)
+            acks_glob = "jobs/*/routing/send-*.acks"
+            wait_until("an acknowledged file", lambda: any(p.read_text() for p in data.glob(acks_glob)),
+                       timeout=90, node=node)
+            first.kill()
+            first.wait(10)
+            before = {line.split()[0] for p in data.glob(acks_glob) for line in p.read_text().splitlines()}
+            start_worker()
+            job = job_for(node, "ProcCopy")
+            done = routed(node, job["id"], states=("sent",))[0]
+            # gearmand hands the dead worker's attempt to the new worker, or the node saw the
+            # dead claim first and queued a second attempt: either way it resumes
+            assert done["sent"] == 5 and done["attempts"] in (1, 2)
+            received = slow.received()
+            assert set(received) == uids(files)
+            assert all(received.count(uid) == 1 for uid in before)
+            assert len(received) <= 6
+        finally:
+            node.stop()
+            for w in workers:
+                stop_process(w)
