@@ -142,7 +142,8 @@ class RouteStore:
         self.db._tx(statements)
 
     def sending(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.db.execute(f"SELECT * FROM route_sends WHERE state = '{SENDING}' ORDER BY id")]
+        return [dict(r) for r in self.db.execute(f"SELECT * FROM route_sends s WHERE state = '{SENDING}'"
+                                                 " AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = s.job_id) ORDER BY id")]
 
     def unclaim(self, send_id: int, error: str) -> None:
         """A claimed attempt that could not be queued: pending again, the attempt not counted."""
@@ -360,10 +361,13 @@ class RouteStage:
                 return
             if self.store.claim(row["id"]):
                 row["attempts"] += 1
-                self._queue(row)
+                if not self._queue(row):
+                    return                     # gearman unreachable: the rest wait for the next pass
 
-    def _queue(self, row: dict[str, Any]) -> None:
-        """Write the attempt's spec and submit it to gearman (background, unique per attempt)."""
+    def _queue(self, row: dict[str, Any]) -> bool:
+        """Write the attempt's spec and submit it to gearman (background, unique per attempt);
+        False when gearman could not take it (a fresh claim is given back; an attempt being
+        re-queued stays ``sending`` and is queued again at the next pass)."""
         files = SendFiles(self.layout, row["job_id"], row["id"])
         earlier = files.outcome_path(row["attempts"])
         if earlier.exists() and row["id"] not in self._submitted:   # from before a 'route retry'
@@ -385,10 +389,12 @@ class RouteStage:
             if not self._warned:
                 log.warning("cannot queue route sends on gearman (%s); they are retried", exc)
                 self._warned = True
-            self.store.unclaim(row["id"], f"could not be queued: {exc}")
-            return
+            if row["state"] == PENDING:
+                self.store.unclaim(row["id"], f"could not be queued: {exc}")
+            return False
         self._warned = False
         self._submitted[row["id"]] = time.time()
+        return True
 
     def reconcile(self) -> None:
         """Attempts that ended become the send's state; a dead worker's attempt counts as a
@@ -414,8 +420,8 @@ class RouteStage:
                 self._after_failure(row, "the worker died during the send", len(acked), 0)
                 continue
             submitted = self._submitted.get(row["id"])
-            if submitted is None or now - submitted > self.resubmit_after:
-                self._queue(row)
+            if (submitted is None or now - submitted > self.resubmit_after) and not self._queue(row):
+                return
 
     def _finish(self, row: dict[str, Any], files: SendFiles, outcome: dict[str, Any]) -> None:
         job_id = row["job_id"]
