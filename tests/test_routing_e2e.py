@@ -413,3 +413,33 @@ def test_sends_run_on_gearman_workers_and_a_killed_worker_is_replaced(tmp_path, 
             node.stop()
             for w in workers:
                 stop_process(w)
+
+
+def test_the_manual_example_routes_as_documented(tmp_path):
+    """The routing.json of the MagickBox manual (section 5.1), with its PACS address pointed
+    at a storescp and its default rule switched on: a ProcRSI job called by PACS sends its
+    output to PACS (the 'success' entry, 'which' 0008,103e '.*'), and the default rule sends
+    it to "OsiriX" at $me:$port, the node itself.  The disabled INPUT rule sends nothing."""
+    from test_routing_send import MANUAL_EXAMPLE
+    data = tmp_path / "node"
+    data.mkdir()
+    process_bucket(data / "buckets", "ProcRSI", COPY_SCRIPT)
+    with StorescpPeer(tmp_path / "pacs", "PACS") as pacs:
+        text = (MANUAL_EXAMPLE.replace('"192.168.0.1"', '"127.0.0.1"').replace('"403"', f'"{pacs.port}"')
+                .replace('"status": 0', '"status": 1'))
+        (data / "routing.json").write_text(text)
+        node = MagickboxProcess(data, quiet_seconds=1.0, config={
+            "data_dir": str(data), "dicom": {"extra_ae_titles": ["OsiriX"],
+                                             "access": {"OsiriX": {"calling_ae_titles": ["ProcDefault"]}}}}).start()
+        try:
+            files = make_study(tmp_path / "s1", 3, SeriesDescription="RSI")
+            storescu(node.dicom_port, "ProcRSI", files, calling="PACS")
+            job = job_for(node, "ProcRSI")
+            records = routed(node, job["id"])
+            assert [(r["rule"], r["destination"], r["directory"], r["state"], r["sent"]) for r in records] == [
+                (0, f"OsiriX@127.0.0.1:{node.dicom_port}", "OUTPUT", "sent", 3),
+                (1, f"PACS@127.0.0.1:{pacs.port}", "OUTPUT", "sent", 3)]
+            assert [r["calling_ae"] for r in records] == ["ProcDefault", "me"]
+            assert pacs.received_uids() == uids(files)
+        finally:
+            node.stop()
