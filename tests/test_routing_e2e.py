@@ -443,3 +443,56 @@ def test_the_manual_example_routes_as_documented(tmp_path):
             assert pacs.received_uids() == uids(files)
         finally:
             node.stop()
+
+
+def test_jobs_finished_before_routing_existed_are_not_sent_again(tmp_path):
+    """Upgrading a node: jobs already final when the routing tables are created count as
+    routed; jobs that end later are planned (found by the LEFT JOIN, whatever their order)."""
+    import time as _time
+
+    from magickbox.db import Database
+    from magickbox.results.outflow import RouteStore
+
+    db = Database(tmp_path / "magickbox.sqlite")
+    try:
+        old = db.create_job("ProcA", "SCANNER", "127.0.0.1", "1.2.3", "dicom", _time.time(), 1, 1, {})
+        db.commit_result(old.id, "success", "", 0, None, _time.time(), None, 0)
+        later = db.create_job("ProcA", "SCANNER", "127.0.0.1", "1.2.4", "dicom", _time.time(), 1, 1, {})
+        store = RouteStore(db)
+        assert store.unplanned_jobs() == []
+        newer = db.create_job("ProcA", "SCANNER", "127.0.0.1", "1.2.5", "dicom", _time.time(), 1, 1, {})
+        db.commit_result(newer.id, "failed", "", 1, None, _time.time(), None, 0)
+        db.commit_result(later.id, "success", "", 0, None, _time.time(), None, 0)
+        assert [j.id for j in store.unplanned_jobs()] == [later.id, newer.id]
+        assert [j.id for j in RouteStore(db).unplanned_jobs(floor=newer.id)] == [newer.id]
+    finally:
+        db.close()
+
+
+def test_the_planning_floor_never_skips_a_job_that_finishes_late(tmp_path):
+    import time as _time
+
+    from magickbox.config import RoutingConfig
+    from magickbox.db import Database
+    from magickbox.layout import DataLayout
+    from magickbox.results.outflow import RouteStage
+
+    layout = DataLayout.of(tmp_path)
+    db = Database(layout.database)
+    try:
+        stage = RouteStage(layout, db, RoutingConfig(), lambda: ("127.0.0.1", 104))
+        jobs = [db.create_job("ProcA", "SCANNER", "127.0.0.1", f"1.2.{i}", "dicom", _time.time(), 1, 1, {})
+                for i in range(4)]
+        for j in (jobs[1], jobs[3]):
+            db.commit_result(j.id, "success", "", 0, None, _time.time(), None, 0)
+        stage.run_once()
+        assert stage.store.plan(jobs[1].id) and stage.store.plan(jobs[3].id)
+        assert stage._floor == jobs[0].id                     # job 0 is still queued
+        for j in (jobs[2], jobs[0]):
+            db.commit_result(j.id, "failed", "", 1, None, _time.time(), None, 0)
+        stage.run_once()
+        assert all(stage.store.plan(j.id) for j in jobs)
+        assert stage._floor == jobs[-1].id + 1
+        stage.stop()
+    finally:
+        db.close()
