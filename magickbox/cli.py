@@ -5,7 +5,8 @@
     magickbox buckets list|create|run|install|remove|enable|disable ...
     magickbox backfill BUCKET --data-dir DIR [--since DATE] [--until DATE] [--match REGEX] [--dry-run]
     magickbox jobs --data-dir DIR [--status S] [--cancel ID] [--show ID]
-    magickbox route test JOB|DIR [--success VALUE] | route echo HOST:PORT AETITLE
+    magickbox route test JOB|DIR [--success VALUE] | route status [JOB] | route retry JOB
+                    | route echo HOST:PORT AETITLE
     magickbox qa phantom|analyse|install|bucket-dir ...   (phantom QA, see magickbox.qa.cli)
     magickbox tokens create|revoke|list --data-dir DIR [--role read|admin] [NAME]
 
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buckets", metavar="AE,...", help="only these buckets (default: all enabled)")
     p.add_argument("--engine", metavar="URL", help="container engine (default $DOCKER_HOST or podman's socket)")
     p.add_argument("--worker-id", help="name in logs and job records (default host-pid)")
+    p.add_argument("--route-senders", type=int, default=2, metavar="N",
+                   help="result sends (routing) run at once by this worker; 0: none (default 2)")
 
     p = sub.add_parser("buckets", help="create, test, install and manage processing buckets")
     bsub = p.add_subparsers(dest="bucket_command", metavar="ACTION", required=True)
@@ -127,7 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(rp, "node data root (routing.json there)", default=".")
     rp.add_argument("--rules", metavar="FILE", help="routing rules (default DATA/routing.json)")
     rp.add_argument("--success", metavar="VALUE", help="pretend proc.json said this")
-    rp.add_argument("--me", metavar="HOST:PORT", default="127.0.0.1:11112", help="what $me:$port stand for")
+    rp.add_argument("--me", metavar="HOST:PORT", help="what $me:$port stand for (default from --config "
+                                                      "[routing]/[dicom], else 127.0.0.1:11112)")
+    rp = rsub.add_parser("status", help="what routing did for a job (or the latest jobs): destinations, state, "
+                                        "attempts, files sent, last error")
+    rp.add_argument("job", metavar="JOB", nargs="?", type=int, help="a job id (default: the latest 20 jobs)")
+    data_options(rp, default=".")
+    rp = rsub.add_parser("retry", help="send a job's failed destinations again (fresh retries; the running "
+                                       "node picks them up)")
+    rp.add_argument("job", metavar="JOB", type=int)
+    data_options(rp, default=".")
     rp = rsub.add_parser("echo", help="verify a destination with C-ECHO")
     rp.add_argument("address", metavar="HOST:PORT")
     rp.add_argument("called", metavar="AETITLE", help="the destination's AE title")
@@ -187,7 +199,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     logging.getLogger("gear").setLevel(logging.WARNING)
     buckets = [b.strip() for b in args.buckets.split(",") if b.strip()] if args.buckets else None
-    worker = Worker(layout_from_args(args), parse_servers(args.gearman), buckets, args.engine, args.worker_id)
+    worker = Worker(layout_from_args(args), parse_servers(args.gearman), buckets, args.engine, args.worker_id,
+                    route_senders=max(0, args.route_senders))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -336,6 +349,18 @@ def cmd_route(args: argparse.Namespace) -> int:
         print(("OK " if ok else "FAILED ") + text)
         return 0 if ok else 1
     layout = layout_from_args(args)
+    if args.route_command == "status":
+        return _route_status(layout, args.job)
+    if args.route_command == "retry":
+        from .db import Database
+        from .results.outflow import RouteStore
+        db = Database(layout.database)
+        try:
+            count = RouteStore(db).retry_failed(args.job)
+        finally:
+            db.close()
+        print(f"job {args.job}: {count} failed send(s) due again")
+        return 0 if count else 1
     jobdir = Path(args.target) if not args.target.isdigit() else layout.job_dir(args.target)
     try:
         info = json.loads((jobdir / "info.json").read_text())
@@ -359,8 +384,48 @@ def cmd_route(args: argparse.Namespace) -> int:
         return 2
     print(f"job: called {ctx.called_ae!r}, calling {ctx.calling_ae!r}, success {ctx.success!r}, "
           f"series types {sorted(types)}; rules from {table.source}")
-    for line in table.explain(ctx, me=_host_port(args.me)):
+    me, known_aes = ("127.0.0.1", 11112), {}
+    if getattr(args, "config", None):
+        from .config import load_node_config
+        config = load_node_config(args.config, {"data_dir": args.data_dir if args.data_dir != "." else None})
+        host = config.routing.me or config.dicom.host
+        me = ("127.0.0.1" if host in ("", "0.0.0.0", "::") else host, config.routing.port or config.dicom.port)
+        known_aes = dict(config.routing.known_aes)
+    if args.me:
+        me = _host_port(args.me)
+    for line in table.explain(ctx, me=me, known_aes=known_aes):
         print(line)
+    return 0
+
+
+def _route_status(layout: "DataLayout", job_id: int | None) -> int:
+    import time
+
+    from .db import Database
+    from .results.outflow import routing_records
+
+    db = Database(layout.database)
+    try:
+        if job_id is not None:
+            found = db.job(job_id)
+            if found is None:
+                print(f"magickbox: no job {job_id}", file=sys.stderr)
+                return 1
+            jobs = [found]
+        else:
+            jobs = list(reversed(db.jobs(limit=20)))
+        for job in jobs:
+            records = routing_records(db, job.id)
+            print(f"job {job.id} {job.status} {job.bucket_ae}: " + (f"{len(records)} destination(s)" if records
+                                                                    else "nothing routed"))
+            for r in records:
+                when = (f", next try {time.strftime('%H:%M:%S', time.localtime(r['next_try']))}"
+                        if r["next_try"] else "")
+                print(f"  rule {r['rule']} {r['directory']} -> {r['destination']}: {r['state']}, "
+                      f"{r['sent']}/{r['files']} sent, attempt {r['attempts']} of {r['retries'] + 1}{when}"
+                      + (f"; {r['last_error']}" if r["last_error"] else ""))
+    finally:
+        db.close()
     return 0
 
 

@@ -67,6 +67,13 @@ Validated at start-up; every error names the key (``dicom.port: expected an inte
     serial_aliases = {}                # DeviceSerialNumber -> alias (subject = "serial")
     interval = 1                       # seconds between passes over newly finished jobs
     retry_interval = 10                # seconds between delivery attempts while carbon is down
+    [routing]                          # sending results (rules: <data_dir>/routing.json)
+    me = ""                            # $me in routing.json (default dicom.host, or 127.0.0.1)
+    port = 0                           # $port in routing.json (default the DICOM port)
+    senders = 2                        # sends running at once (one association each)
+    timeout = 30                       # s to wait for a peer's answer during a send
+    [routing.known_aes]                # AE title -> "HOST:PORT": $caller and AETitleTo without IP/PORT
+    PACS = "10.0.0.5:104"
 """
 from __future__ import annotations
 
@@ -86,7 +93,7 @@ from .layout import DataLayout
 from .model import AE_TITLE
 from .results.measure_stage import MeasuresConfig, parse_measures_config
 
-__all__ = ["NodeConfig", "DicomConfig", "TLSConfig", "AccessRule", "load_node_config", "ConfigError"]
+__all__ = ["NodeConfig", "DicomConfig", "RoutingConfig", "TLSConfig", "AccessRule", "load_node_config", "ConfigError"]
 
 
 
@@ -148,6 +155,18 @@ class DicomConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    """``[routing]``: the node's address for ``$me``/``$port`` (empty/0: from ``[dicom]``),
+    the table of known AE titles (``$caller``, return to sender), how many sends run at
+    once and the per-send network timeout (seconds)."""
+    me: str = ""
+    port: int = 0
+    senders: int = 2
+    timeout: float = 30.0
+    known_aes: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     data_dir: Path
     node_name: str = field(default_factory=lambda: sanitize_node(socket.gethostname().split(".")[0]))
@@ -167,6 +186,7 @@ class NodeConfig:
     worker_buckets: tuple[str, ...] = ()
     engine_url: str | None = None
     measures: MeasuresConfig = field(default_factory=MeasuresConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     @property
     def layout(self) -> DataLayout:
@@ -259,7 +279,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
 def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -> NodeConfig:
     """Validate a settings mapping (file content with flags merged in)."""
     top = _table("", values, {"node_name", "data_dir", "buckets_dir", "classify_rules", "dicom", "http",
-                              "graphite", "gearman", "worker", "measures"})
+                              "graphite", "gearman", "worker", "measures", "routing"})
     base = base_dir or Path.cwd()
 
     def path(key: str, value: Any) -> Path:
@@ -362,6 +382,7 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
         "engine_url": _str("worker.engine", wk.get("engine", "")) or None,
         "measures": parse_measures_config(top.get("measures")),
     }
+    kwargs["routing"] = _routing_config(top.get("routing", {}))
     if node_name:
         kwargs["node_name"] = node_name
     return NodeConfig(
@@ -378,6 +399,25 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
         graphite_interval=_float("graphite.interval", g.get("interval", 10.0), 0.5),
         **kwargs,
     )
+
+
+def _host_port(key: str, value: Any) -> tuple[str, int]:
+    host, _, port = _str(key, value).strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"expected HOST:PORT, found {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _routing_config(value: Any) -> RoutingConfig:
+    r = _table("routing", value, {"me", "port", "senders", "timeout", "known_aes"})
+    known = _table("routing.known_aes", r.get("known_aes", {}), set(r.get("known_aes", {}) or {}))
+    return RoutingConfig(
+        me=_str("routing.me", r.get("me", "")).strip(),
+        port=_int("routing.port", r.get("port", 0), 0, 65535),
+        senders=_int("routing.senders", r.get("senders", 2), 1, 32),
+        timeout=_float("routing.timeout", r.get("timeout", 30.0), 1.0),
+        known_aes={_ae("routing.known_aes", ae): _host_port(f"routing.known_aes.{ae}", addr)
+                   for ae, addr in known.items()})
 
 
 def load_node_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> NodeConfig:

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Callable
 from . import node_metrics as nm
 from .buckets import BucketRegistry
 from .classify import ClassifyRules
-from .config import NodeConfig
+from .config import ConfigError, NodeConfig
 from .db import Database, Job
 from .dicomio import HeaderReader
 from .jobqueue import Dispatcher, EmbeddedJobServer
 from .model import JobStatus
 from .receiver import StorageReceiver
 from .results.measure_stage import MeasureStage
+from .results.outflow import RouteStage
+from .results.routing import RoutingError
 from .series import SeriesRecords
 from .store import DicomArchive, make_private_dir
 from .studies import StudyTracker
@@ -69,19 +71,36 @@ class Node:
             self.job_server = EmbeddedJobServer()
             servers = [("127.0.0.1", self.job_server.port)]
         self.gearman_servers = servers
+        try:
+            self.routing = RouteStage(layout, self.db, config.routing, self._routing_address, servers,
+                                      resubmit_after=config.resubmit_after if config.gearman_servers else 60.0)
+        except RoutingError as exc:
+            if self.job_server is not None:
+                self.job_server.stop()
+            self.db.close()
+            raise ConfigError("routing.json", str(exc)) from None
         self.dispatcher = Dispatcher(layout, self.db, self.archive, self.registry, servers,
                                      count=self.telemetry.count,
                                      resubmit_after=config.resubmit_after if config.gearman_servers else float("inf"))
         self.measures = MeasureStage(layout, self.db, self.registry, config.measures, config.graphite)
         self.telemetry.gauges[nm.START_LATENCY] = lambda: self.dispatcher.last_start_latency
         self.worker = Worker(layout, servers, list(config.worker_buckets) or None, config.engine_url,
-                             worker_id=f"{config.node_name}-embedded") if config.worker_enabled else None
+                             worker_id=f"{config.node_name}-embedded",
+                             route_senders=config.routing.senders) if config.worker_enabled else None
         self.receiver = StorageReceiver(config, self.archive, self.registry, self.tracker, self.series,
                                         HeaderReader(self.rules.dicom_tags()), self.telemetry)
         self.web: HttpServer | None = None
         self.dicom_port: int | None = None
         self.http_port: int | None = None
         self._stopped = threading.Event()
+
+    def _routing_address(self) -> tuple[str, int]:
+        """``$me`` / ``$port`` of routing.json: ``[routing]`` me/port, else the DICOM host
+        (127.0.0.1 when it listens on every address) and the bound DICOM port."""
+        host = self.config.routing.me or self.config.dicom.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return host, self.config.routing.port or self.dicom_port or self.config.dicom.port
 
     def _makes_jobs(self, called_ae: str) -> bool:
         return self.registry.by_ae_title(called_ae) is not None
@@ -121,6 +140,7 @@ class Node:
         self.tracker.start()
         self.telemetry.start()
         self.dicom_port = self.receiver.start()
+        self.routing.start()
         from .api.server import HttpServer
         from .api.uploads import UploadLimits
         self.web = HttpServer(self, self.config.http_host, self.config.http_port,
@@ -140,6 +160,7 @@ class Node:
             self.worker.stop()
         self.dispatcher.stop()
         self.measures.stop()
+        self.routing.stop()
         if self.job_server is not None:
             self.job_server.stop()
         self.telemetry.stop()

@@ -102,7 +102,8 @@ class Worker:
     """Connects to gearman servers and runs the buckets it is allowed to run."""
 
     def __init__(self, layout: DataLayout, servers: list[tuple[str, int]], buckets: list[str] | None = None,
-                 engine_url: str | None = None, worker_id: str | None = None, refresh_seconds: float = 2.0):
+                 engine_url: str | None = None, worker_id: str | None = None, refresh_seconds: float = 2.0,
+                 route_senders: int = 0):
         self.layout = layout
         self.servers = servers
         self.allowed = set(buckets) if buckets else None
@@ -116,6 +117,8 @@ class Worker:
         self._manager = Periodic("worker-manager", refresh_seconds, self._sync_functions, log,
                                  "cannot refresh the bucket list")
         self.jobs_done = 0
+        self.route_senders = route_senders      # connections serving the 'route' function (result sends)
+        self._route_threads: list[tuple[threading.Thread, gear.Worker]] = []
 
     def _allowed(self, bucket: BucketInfo) -> bool:
         if not bucket.enabled:
@@ -151,6 +154,13 @@ class Worker:
                     pass
 
     def _handle(self, job) -> None:
+        from .results.route_worker import ROUTE_FUNCTION, RouteRequest, run_route_send
+        if job.name == ROUTE_FUNCTION:
+            route = RouteRequest.decode(job.arguments)
+            sent = run_route_send(self.layout, route, self.worker_id, self._stop)
+            job.sendWorkComplete(json.dumps({"send": route.send_id, "attempt": route.attempt,
+                                             "ok": sent.get("ok") if sent else None}).encode())
+            return
         request = JobRequest.decode(job.arguments)
         jobdir = JobDir.of(self.layout, request.job_id)
         bucket = self.registry.by_ae_title(request.bucket_ae)
@@ -183,12 +193,21 @@ class Worker:
     def start(self) -> None:
         self.registry.load()
         self._sync_functions()
+        from .results.route_worker import ROUTE_FUNCTION
+        while len(self._route_threads) < self.route_senders:
+            gw = self._connect(ROUTE_FUNCTION)
+            gw.registerFunction(ROUTE_FUNCTION)
+            t = threading.Thread(target=self._serve, args=(ROUTE_FUNCTION, gw), name="worker-route", daemon=True)
+            t.start()
+            self._route_threads.append((t, gw))
+        if self.route_senders:
+            log.info("worker %s: serving %s (%d)", self.worker_id, ROUTE_FUNCTION, self.route_senders)
         self._manager.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._manager.stop()
-        for threads in self._threads.values():
+        for threads in [*self._threads.values(), self._route_threads]:
             for _, gw in threads:
                 try:
                     gw.stopWaitingForJobs()
@@ -196,7 +215,8 @@ class Worker:
                 except Exception:
                     pass
         self._threads.clear()
+        self._route_threads.clear()
 
     @property
     def functions(self) -> list[str]:
-        return sorted(self._threads)
+        return sorted(self._threads) + (["route"] if self._route_threads else [])

@@ -71,7 +71,9 @@ class JobDetail(JobSummary):
                                                        "unit, labels, time (ISO 8601 UTC), timestamp (epoch s), "
                                                        "path (Graphite metric), delivered (carbon confirmed it)")
     measures_error: str | None = Field(None, description="why the bucket's measures.json was refused (nothing sent)")
-    routing: list[dict[str, Any]] = Field(description="results sent to DICOM nodes (none recorded yet)")
+    routing: list[dict[str, Any]] = Field(description="results sent to DICOM nodes: one entry per destination "
+                                          "(rule, destination, state pending/sending/sent/failed/skipped, "
+                                          "attempts, next_try, files, sent, failed, last_error)")
     links: dict[str, str]
 
 

@@ -205,7 +205,7 @@ class RoutingTable:
                     extra.append(f"only files matching {len(target.which)} 'which' filter(s)")
                 notes.append(f"  {target.pattern!r} -> {destination}: sends"
                              + (f" ({'; '.join(extra)})" if extra else ""))
-            if rule.send_error_report and ctx.success.lower() != "success":
+            if rule.send_error_report and ctx.success.lower() not in ("success", "partial") and sends:
                 notes.append("  with an error report (end of processing.log) as DICOM")
             yield RoutePlan(rule, rule.directory, tuple(sends), tuple(unresolved)), notes
             if rule.stop_after:

@@ -31,7 +31,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 __all__ = ["Destination", "FileResult", "SendReport", "AssociationError", "send_files", "echo",
            "read_part10_header", "Part10Header"]
@@ -447,10 +447,13 @@ def _plan_contexts(headers: Sequence[Part10Header]) -> list[tuple[int, str, list
     return [(2 * i + 1, abstract, syntaxes) for i, (abstract, syntaxes) in enumerate(pairs)]
 
 
-def send_files(files: Iterable[Path], destination: Destination, timeout: float = 30.0) -> SendReport:
+def send_files(files: Iterable[Path], destination: Destination, timeout: float = 30.0,
+               on_result: Callable[[FileResult], None] | None = None) -> SendReport:
     """Send ``files`` to ``destination`` over one association (more only when the files
     need more than 128 presentation contexts).  Never raises for network or peer errors:
-    everything is in the returned :class:`SendReport`."""
+    everything is in the returned :class:`SendReport`.  ``on_result`` is called with each
+    file's result as soon as the peer answered for it (before the next file is sent), so a
+    caller can record acknowledgements durably as they come."""
     started = time.monotonic()
     report = SendReport(destination)
     todo: list[tuple[FileResult, Part10Header]] = []
@@ -470,7 +473,7 @@ def send_files(files: Iterable[Path], destination: Destination, timeout: float =
     while todo:
         batch, contexts = _batch(todo)
         todo = todo[len(batch):]
-        _send_batch(batch, contexts, destination, timeout, report)
+        _send_batch(batch, contexts, destination, timeout, report, on_result)
         if report.association_error:
             for result, _ in todo:
                 result.error = report.association_error
@@ -490,7 +493,8 @@ def _batch(todo: Sequence[tuple[FileResult, Part10Header]]) -> tuple[list[tuple[
         count = max(1, count // 2)
 
 
-def _send_batch(batch, contexts, destination: Destination, timeout: float, report: SendReport) -> None:
+def _send_batch(batch, contexts, destination: Destination, timeout: float, report: SendReport,
+                on_result: Callable[[FileResult], None] | None = None) -> None:
     try:
         assoc = _Association(destination, contexts, timeout)
     except AssociationError as exc:
@@ -535,6 +539,8 @@ def _send_batch(batch, contexts, destination: Destination, timeout: float, repor
             result.status = status
             if not result.ok:
                 result.error = f"status {status:#06x}" + (f": {comment}" if comment else "")
+            if on_result is not None:
+                on_result(result)
     except AssociationError as exc:
         report.association_error = str(exc)
         for result, _ in batch[index:]:
