@@ -244,6 +244,14 @@ def run_tour(base: Path, serve: bool = False, timeout_scale: float = 1.0) -> int
             return 2
         graphite = tour.graphite
 
+        with tour.step("graphite", "a private carbon-cache and graphite-web on loopback"):
+            try:
+                graphite.start()
+            except RuntimeError as exc:       # includes GraphiteNotInstalled (graphite-web setup)
+                raise StepFailed("graphite", str(exc)) from None
+            print(f"    carbon-cache {graphite.line_address} (plaintext), graphite-web {graphite.web_url}, "
+                  f"whisper files in {graphite.whisper_dir}")
+
         with tour.step("nodes", "two magickbox nodes: the processing node (ProcQA) and a receiving node"):
             from .api.tokens import TokenStore
             from .layout import DataLayout
@@ -266,9 +274,6 @@ def run_tour(base: Path, serve: bool = False, timeout_scale: float = 1.0) -> int
             tour.spawn("magickbox serve (receiver)",
                        _node_args(tour.python, receiver_dir, ports["recv_dicom"], ports["recv_http"],
                                   "demoreceiver", None), logs / "receiver.log")
-            print(f"    starting carbon-cache ({graphite.line_address}) and graphite-web ({graphite.web_url})")
-            graphite.start()
-            print("    carbon-cache and graphite-web are up")
             for (name, proc), port_names in zip(tour.children, (("node_dicom", "node_http"),
                                                                 ("recv_dicom", "recv_http"))):
                 for port_name in port_names:

@@ -47,7 +47,7 @@ def _listening(port: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("stop_at", ["[3] phantom", "[4] job"])
+@pytest.mark.parametrize("stop_at", ["[3] samples", "[5] job"])
 def test_ctrl_c_to_the_process_group_mid_tour_stops_everything(tmp_path, stop_at):
     proc = subprocess.Popen([sys.executable, "-m", "magickbox.demo", "--dir", str(tmp_path / "demo"), "--serve"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,

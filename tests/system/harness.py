@@ -290,7 +290,7 @@ class PipelineSystem:
                 continue
             for key in ("routing", "measures"):
                 if not job.get(key):
-                    return f"job {job['id']}: no {key} record yet"
+                    return f"job {job['id']}: no {key} record yet (HOPS_SYSTEM_RESULTS=1 needs issue 13's {key})"
         return ""
 
     # -- invariants ------------------------------------------------------------------------
