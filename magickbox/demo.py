@@ -120,7 +120,7 @@ def _wait(what: str, step: str, timeout: float, check: Callable[[], Any], interv
         except (OSError, ValueError, KeyError) as exc:
             last_error = f" (last error: {type(exc).__name__}: {exc})"
         if time.monotonic() >= deadline:
-            raise StepFailed(step, f"{what} did not happen within {timeout:g} s{last_error}")
+            raise StepFailed(step, f"{what} did not happen within {timeout:.0f} s{last_error}")
         time.sleep(interval)
 
 
