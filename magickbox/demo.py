@@ -20,6 +20,7 @@ tour with ``FAILED: <step>: <why>`` and exit status 1):
 7. ``measures``  the fBIRN datapoints of the job's ``measures.json`` are in whisper at the
    acquisition time and the job's ``measures`` record is not empty;
 8. ``qa``        ``hops-qa evaluate`` and ``hops-qa report`` for the phantom's scanner;
+9. ``links``     the web UI and every graph URL printed below answer (graphs as PNG);
 
 then where to look: the web UI with an admin token, graphite-web graphs, the reports.
 With ``--serve`` (the default when run from a terminal) everything keeps running until
@@ -432,6 +433,8 @@ def run_tour(base: Path, serve: bool = False, timeout_scale: float = 1.0) -> int
             print("    " + report_run.stdout.strip().splitlines()[-1])
             tour.facts["qa_report"] = qa_report
 
+        with tour.step("links", "the pointers below answer (web UI login page, graphite-web graphs)"):
+            _check_links(tour, node_url, graphite.web_url, snr_graph_url(graphite.web_url))
         elapsed = time.monotonic() - tour.started
         _print_pointers(tour, node_url, graphite.web_url, snr_graph_url(graphite.web_url))
         if tour.pending:
@@ -462,6 +465,28 @@ def _graph(web_url: str, target: str, title: str, frm: str = "-400d") -> str:
     return f"{web_url}/render?{query}"
 
 
+def _graph_urls(tour: Tour, web_url: str) -> dict[str, str]:
+    fbirn = tour.facts.get("fbirn_prefix") or f"hops.stability.{PHANTOM_STATION}.*.fbirn"
+    return {"fbirn": _graph(web_url, f"{fbirn}.{{snr,sfnr}}", "fBIRN phantom QA", "-3d"),
+            "node": _graph(web_url, "hops.magickbox.demo.*.*", "magickbox node", "-1h")}
+
+
+def _check_links(tour: Tour, node_url: str, web_url: str, snr_url: str) -> None:
+    """GET the web UI's login page and every graph URL: StepFailed('links') unless they
+    answer 200 (graphs: a PNG)."""
+    urls = {"web UI": f"{node_url}/ui/login", "SNR graph": snr_url, **_graph_urls(tour, web_url)}
+    for name, url in urls.items():
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                body = resp.read()
+                kind = resp.headers.get("Content-Type", "")
+        except (OSError, urllib.error.HTTPError) as exc:
+            raise StepFailed("links", f"{name} ({url}) does not answer: {exc}") from None
+        if url != urls["web UI"] and not body.startswith(b"\x89PNG"):
+            raise StepFailed("links", f"{name} ({url}) is not a PNG ({kind})")
+    print(f"    {len(urls)} links answer (the graphs render as PNG)")
+
+
 def _print_pointers(tour: Tour, node_url: str, web_url: str, snr_url: str) -> None:
     facts = tour.facts
     print("\nWhere to look:")
@@ -469,9 +494,9 @@ def _print_pointers(tour: Tour, node_url: str, web_url: str, snr_url: str) -> No
     print(f"  The QA job:    {node_url}/ui/jobs/{facts['job_id']}")
     print(f"  REST API:      curl -H 'Authorization: Bearer {facts['token']}' {node_url}/api/jobs/{facts['job_id']}")
     print(f"  Graph, sample scanners' SNR (graphite-web): {snr_url}")
-    fbirn = facts.get("fbirn_prefix") or f"hops.stability.{PHANTOM_STATION}.*.fbirn"
-    print(f"  Graph, phantom fBIRN SNR/SFNR:  {_graph(web_url, f'{fbirn}.{{snr,sfnr}}', 'fBIRN phantom QA', '-3d')}")
-    print(f"  Graph, node metrics:            {_graph(web_url, 'hops.magickbox.demo.*.*', 'magickbox node', '-1h')}")
+    graphs = _graph_urls(tour, web_url)
+    print(f"  Graph, phantom fBIRN SNR/SFNR:  {graphs['fbirn']}")
+    print(f"  Graph, node metrics:            {graphs['node']}")
     print(f"  Browse all metrics:             {web_url}/")
     print(f"  QA bucket report (this scan):   {facts['output'] / 'report.pdf'}")
     print(f"  QA report (hops-qa, {PHANTOM_STATION}):      {facts['qa_report']}")

@@ -40,11 +40,20 @@ def snr_graph_url(web_url: str) -> str:
     return f"{web_url}/render?{query}"
 
 
-def ingest_and_read_back(graphite: LocalGraphite, scanners_dir: Path) -> int:
+def _whisper_value(graphite: LocalGraphite, metric: str, timestamp: int) -> float | None:
+    path = graphite.whisper_path(metric)
+    try:
+        return whisper_value_at(path, timestamp) if path.exists() else None
+    except Exception:          # carbon is creating the file right now
+        return None
+
+
+def ingest_and_read_back(graphite: LocalGraphite, scanners_dir: Path, read_back_timeout: float = 60.0) -> int:
     """One ingest pass over ``scanners_dir/<scanner>/`` (the sample scanners) into
     ``graphite``, then every scan's ``summary.snr_mean`` read back from whisper and
-    printed per series with a sparkline.  0 when every report was delivered and read
-    back, 1 otherwise (what is missing is printed)."""
+    printed per series with a sparkline (waiting up to ``read_back_timeout`` seconds in
+    all for carbon to write them).  0 when every report was delivered and read back, 1
+    otherwise (what is missing is printed)."""
     sources = [ScannerSource(m.name, scanners_dir / m.name) for m in DEFAULT_SCANNERS]
     layout = MetricLayout()
     sender = GraphiteSender(GraphiteAddress.parse(graphite.line_address))
@@ -58,19 +67,17 @@ def ingest_and_read_back(graphite: LocalGraphite, scanners_dir: Path) -> int:
     print("\nRead back from whisper (summary.snr_mean per scan, oldest first):")
     not_found: list[str] = []
     by_coil: dict[str, list[float]] = {}
+    deadline = time.monotonic() + read_back_timeout
     for source in sources:
         archived = sorted((source.directory / "ingested").iterdir())
         by_coil = {}
         for path in archived:
             metrics = report_metrics(read_report(path), source.name, layout)
             path_snr = layout.summary_path(source.name, metrics.report.channels, "snr_mean")
-            graphite.wait_for_whisper([path_snr])
-            value = None
-            for _ in range(50):
-                value = whisper_value_at(graphite.whisper_path(path_snr), metrics.timestamp)
-                if value is not None:
-                    break
+            value = _whisper_value(graphite, path_snr, metrics.timestamp)
+            while value is None and time.monotonic() < deadline:   # carbon writes behind its confirmation
                 time.sleep(0.1)
+                value = _whisper_value(graphite, path_snr, metrics.timestamp)
             if value is None:
                 not_found.append(f"{path_snr} at {metrics.timestamp} ({path.name})")
             else:

@@ -39,6 +39,13 @@ def _session_members(sid: int) -> list[tuple[int, str]]:
     return members
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -82,9 +89,9 @@ def test_ctrl_c_to_the_process_group_mid_tour_stops_everything(tmp_path, stop_at
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and [m for m in _session_members(proc.pid) if m[1] != "Z"]:
         time.sleep(0.2)
-    left = [m for m in _session_members(proc.pid) if m[1] != "Z"]
-    assert not left, f"processes left running after Ctrl-C: {left}"
-    assert not [p for p in set(ports) if _listening(p)], "ports still open after Ctrl-C"
+    left = [(pid, state, _cmdline(pid)) for pid, state in _session_members(proc.pid) if state != "Z"]
+    assert not left, f"processes left running after Ctrl-C: {left}\n{''.join(lines)[-2000:]}"
+    assert not [p for p in set(ports) if _listening(p)], f"ports still open after Ctrl-C: {''.join(lines)[-2000:]}"
     assert "interrupted: stopping everything the tour started" in "".join(lines)
 
 
