@@ -224,6 +224,7 @@ class JobDir:
                 stale = self.active.with_name(f"active.stale-{uuid.uuid4().hex[:8]}")
                 try:
                     os.rename(self.active, stale)      # break a dead attempt's claim
+                    stale.unlink()
                 except FileNotFoundError:
                     pass
                 continue

@@ -2,8 +2,9 @@
 
 receive (:mod:`.receiver`) → archive (:mod:`.store`) → classify (:mod:`.series`) →
 complete (:mod:`.studies`) → job record (:mod:`.db`) → queue (:mod:`.jobqueue`, gearman) →
-run (:mod:`.worker`, :mod:`.runners`) → measures (:mod:`.results.measure_stage`); node metrics (:mod:`.telemetry`) and the REST API
-and web UI (:mod:`.api`).
+run (:mod:`.worker`, :mod:`.runners`) → route (:mod:`.results.outflow`, sends by
+:mod:`.results.route_worker`) / measure (:mod:`.results.measure_stage`); node metrics
+(:mod:`.telemetry`) and the REST API and web UI (:mod:`.api`).
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from .jobfiles import JobDir, decide_status, read_proc_json
 from .layout import DataLayout
 from .model import INFRASTRUCTURE_ERROR, AttemptOutcome, JobRequest, JobStatus
 from .periodic import Periodic
-from .runners import ContainerRunner, RunnerError, RunRequest, runner_for
+from .runners import ContainerRunner, RunnerError, RunRequest, remove_snapshot, runner_for
 
 __all__ = ["Worker", "run_attempt", "parse_servers"]
 
@@ -56,6 +56,8 @@ def run_attempt(jobdir: JobDir, bucket: BucketInfo, worker_id: str, engine_url: 
     claim = jobdir.claim(worker_id)
     if claim is None:
         return None
+    for leftover in jobdir.path.glob(".input-*"):    # the private input copy of an attempt that died
+        remove_snapshot(leftover)
     try:
         log_path = claim.dir / "processing.log"
         log_path.touch()

@@ -59,6 +59,12 @@ def _ingest_args(p: argparse.ArgumentParser, dirs: bool = True) -> None:
     p.add_argument("--timeout", type=float, help="seconds to wait for Graphite's confirmation (default 15)")
 
 
+def _verify_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify-whisper", dest="verify_whisper_dir", metavar="DIR",
+                   help="carbon's whisper directory (carbon on this host): archive a report only after its "
+                        "datapoints are read back from there (waits up to --timeout)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="hops-stability",
@@ -79,10 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="one pass: deliver new reports, archive them, quarantine bad ones")
     _ingest_args(p)
+    _verify_arg(p)
     _layout_args(p)
 
     p = sub.add_parser("watch", help="ingest continuously (inotify + polling)")
     _ingest_args(p)
+    _verify_arg(p)
     p.add_argument("--poll-interval", dest="poll_interval", type=float, help="seconds between polls (default 30)")
     p.add_argument("--no-inotify", action="store_true", help="poll only")
     _layout_args(p)
@@ -121,7 +129,7 @@ def _config_from(args: argparse.Namespace) -> StabilityConfig:
     values: dict[str, Any] = load_config_file(getattr(args, "config", None))
     for key in ("graphite", "layout", "prefix", "metric_template", "summary_template", "coil_map", "site",
                 "timezone", "archive_subdir", "failed_subdir", "settle_seconds", "poll_interval", "timeout",
-                "storage_schemas"):
+                "storage_schemas", "verify_whisper_dir"):
         flag = getattr(args, key, None)
         if flag is not None:
             values[key] = flag

@@ -54,7 +54,7 @@ __all__ = ["StabilityConfig", "load_config_file"]
 _TOP_KEYS = {
     "graphite", "layout", "prefix", "metric_template", "summary_template", "coil_map", "site",
     "timezone", "archive_subdir", "failed_subdir", "settle_seconds", "poll_interval", "timeout",
-    "storage_schemas", "scanners",
+    "storage_schemas", "scanners", "verify_whisper_dir",
 }
 _SCANNER_KEYS = {"directory", "timezone", "site"}
 #: The shipped schema section HOPS' default names fall under.
@@ -73,11 +73,12 @@ class StabilityConfig:
     poll_interval: float = 30.0
     timeout: float = 15.0
     storage_schemas: Path | None = None
+    verify_whisper_dir: Path | None = None
 
     @property
     def ingest_settings(self) -> IngestSettings:
         return IngestSettings(self.layout, self.archive_subdir, self.failed_subdir,
-                              self.settle_seconds).validated()
+                              self.settle_seconds, self.verify_whisper_dir, self.timeout).validated()
 
     def with_directories(self, specs: list[str]) -> "StabilityConfig":
         """Replace the scanners by ``DIR`` / ``NAME=DIR`` specs.  A ``DIR`` that is a
@@ -250,6 +251,8 @@ def build_config(values: Mapping[str, Any]) -> StabilityConfig:
         timeout=_number("timeout", v.get("timeout", 15.0), 0.1),
         storage_schemas=Path(_string("storage_schemas", v["storage_schemas"])).expanduser()
         if v.get("storage_schemas") else None,
+        verify_whisper_dir=Path(_string("verify_whisper_dir", v["verify_whisper_dir"])).expanduser()
+        if v.get("verify_whisper_dir") else None,
     )
     config.ingest_settings  # validates sub-directory names
     return config

@@ -25,6 +25,7 @@ import contextlib
 import datetime as _dt
 import enum
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -95,6 +96,12 @@ class IngestSettings:
     archive_subdir: str = DEFAULT_ARCHIVE_SUBDIR
     failed_subdir: str = DEFAULT_FAILED_SUBDIR
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    #: carbon's whisper directory, when this host can read it: a report is archived only
+    #: after every datapoint was read back from there (carbon confirms what it has *read*;
+    #: killed before writing, it loses it).  Not found within ``verify_timeout`` seconds:
+    #: left in place and sent again.
+    verify_whisper_dir: Path | None = None
+    verify_timeout: float = 15.0
 
     def validated(self) -> "IngestSettings":
         for key in ("archive_subdir", "failed_subdir"):
@@ -107,6 +114,28 @@ class IngestSettings:
             raise ConfigError("settle_seconds", f"must be >= 0, found {self.settle_seconds!r}")
         self.layout.validated()
         return self
+
+
+def missing_from_whisper(whisper_dir: Path, metrics: ReportMetrics, timeout: float) -> list[str]:
+    """The metric paths of ``metrics`` whose value is not (yet) in carbon's whisper files
+    under ``whisper_dir`` at the report's time stamp, after polling for up to ``timeout``
+    seconds; empty when everything is there."""
+    from .localgraphite import whisper_value_at
+
+    pending = {path: float(text) for path, text in zip(metrics.paths, metrics.texts)}
+    deadline = time.monotonic() + timeout
+    while True:
+        for path, want in list(pending.items()):
+            wsp = Path(whisper_dir, *path.split(".")).with_suffix(".wsp")
+            try:
+                got = whisper_value_at(wsp, metrics.timestamp) if wsp.exists() else None
+            except Exception:            # carbon is creating the file right now
+                got = None
+            if got is not None and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12):
+                del pending[path]
+        if not pending or time.monotonic() >= deadline:
+            return sorted(pending)
+        time.sleep(0.1)
 
 
 class Outcome(enum.Enum):
@@ -344,6 +373,14 @@ class Ingestor:
         except DeliveryError as exc:
             self._note(path, logging.WARNING, f"{path.name}: not delivered, will retry: {exc}")
             return ReportResult(source, path, Outcome.UNDELIVERED, str(exc))
+        if self.settings.verify_whisper_dir is not None:
+            missing = missing_from_whisper(self.settings.verify_whisper_dir, metrics, self.settings.verify_timeout)
+            if missing:
+                detail = (f"carbon confirmed, but {len(missing)} of {len(metrics)} datapoints are not in whisper "
+                          f"under {self.settings.verify_whisper_dir} after {self.settings.verify_timeout:g} s "
+                          f"(e.g. {missing[0]}); will send again")
+                self._note(path, logging.WARNING, f"{path.name}: {detail}")
+                return ReportResult(source, path, Outcome.UNDELIVERED, detail)
         if self.on_delivered is not None:
             self.on_delivered(metrics)
         try:

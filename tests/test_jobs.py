@@ -341,3 +341,31 @@ def test_backfill_runs_a_new_bucket_over_archived_studies(tmp_path):
                     for j in backfilled)
     assert counts == [1, 2, 3, 3]
     assert new.exists()
+
+
+def test_an_attempt_after_a_killed_one_leaves_no_input_copy_or_claim_behind(tmp_path):
+    """A worker SIGKILLed mid-job leaves its private input copy (``.input-*``, patient
+    data) and its claim (``active``) in the job directory; the next attempt removes them
+    (found by tests/system with a worker killed during a job)."""
+    from magickbox.buckets import load_bucket_info
+    from magickbox.jobfiles import JobDir
+    from magickbox.runners import snapshot_input
+    from magickbox.worker import run_attempt
+    bucket = load_bucket_info(process_bucket(tmp_path / "buckets", "ProcOk",
+                                             "echo '[{\"success\": \"success\"}]' > \"$2/proc.json\"\n"))
+    source = tmp_path / "study"
+    make_study(source / "series", 2)
+    jobdir = JobDir(tmp_path / "jobs" / "1")
+    jobdir.prepare({"job": 1}, source)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    dead_claim = jobdir.claim("dead-worker")          # the killed attempt: claimed, copied its input, died
+    assert dead_claim is not None
+    record = json.loads(jobdir.active.read_text())
+    record["pid"] = dead.pid
+    jobdir.active.write_text(json.dumps(record))
+    leftover = snapshot_input(jobdir.input, jobdir.path)
+    outcome = run_attempt(jobdir, bucket, "w", None)
+    assert outcome is not None and outcome.status == "success"
+    assert not leftover.exists()
+    assert sorted(p.name for p in jobdir.path.iterdir() if p.name.startswith((".input-", "active"))) == []

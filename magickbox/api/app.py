@@ -86,12 +86,7 @@ def job_detail(store: NodeStore, job: JobRecord, admin: bool, links: dict[str, s
         series_types=types, cancel_requested=store.cancel_requested(job.id),
         output_files=[m.OutputFile(path=f.arcname, size=f.size) for f in files[:1000]],
         output_bytes=sum(f.size for f in files), measures=measures, measures_error=measures_error,
-        routing=_routing_records(store, job.id), links=links)
-
-
-def _routing_records(store: NodeStore, job_id: int) -> list[dict[str, Any]]:
-    from ..results.outflow import routing_records
-    return routing_records(store.db, job_id)
+        routing=store.routing(job.id), links=links)
 
 
 def routing_view(store: NodeStore) -> m.RoutingView:

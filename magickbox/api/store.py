@@ -364,6 +364,11 @@ class NodeStore:
         from ..results.measure_stage import job_measures
         return job_measures(self._conn(), job_id)
 
+    def routing(self, job_id: int) -> list[dict[str, Any]]:
+        """What routing did for the job, one entry per destination (:mod:`..results.outflow`)."""
+        from ..results.outflow import routing_records
+        return routing_records(self.db, job_id)
+
     def log_path(self, job_id: int) -> Path | None:
         """The job's ``processing.log``: the committed result's, else the running
         attempt's, else the latest attempt's (a dead attempt's log explains a retry)."""
