@@ -27,9 +27,6 @@ With ``--serve`` (the default when run from a terminal) everything keeps running
 Ctrl-C.  Ctrl-C (SIGINT, also to the whole process group) or SIGTERM at any moment stops
 every process the tour started, by PID.
 
-Steps whose feature is not in this build yet are listed in :data:`PENDING`: when one
-times out the tour says which step is waiting for what and carries on (exit 0).
-``HOPS_DEMO_STRICT=1`` makes them ordinary steps.
 """
 from __future__ import annotations
 
@@ -51,25 +48,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["main", "run_tour", "PENDING", "record_says_done", "StepFailed"]
-
-#: steps whose product feature is being built on another branch: step -> what it waits for.
-#: Remove the entry when that branch is merged.
-PENDING: dict[str, str] = {
-    "routing": "durable routing sends (issue 13, branch i13r): the node reads <data>/routing.json and "
-               "records the sends on the job ('routing' in GET /api/jobs/{id})",
-    "measures": "measures delivery (issue 13, branch i13m): the node sends the job's measures.json to its "
-                "graphite and records it on the job ('measures' in GET /api/jobs/{id})",
-}
+__all__ = ["main", "run_tour", "routing_delivered", "measures_delivered", "StepFailed"]
 
 QA_AE = "ProcQA"
 RECEIVER_AE = "QAREPORTS"
 SCANNER_AE = "PRISMA1"
 PHANTOM_STATION = "prisma1"
 
-_DONE_WORDS = re.compile(r"^(sent|delivered|success|succeeded|done|ok|complete|completed|confirmed)$", re.I)
-_BAD_WORDS = re.compile(r"fail|error|pending|queued|retry|waiting|refused", re.I)
-_STATUS_KEYS = ("status", "state", "result", "outcome")
 
 
 class StepFailed(Exception):
@@ -78,28 +63,27 @@ class StepFailed(Exception):
         self.step, self.message = step, message
 
 
-def record_says_done(entries: Any) -> tuple[bool, str]:
-    """Whether a job's ``routing`` / ``measures`` record (a list of objects in the job
-    detail) says the work was done: not empty, at least one entry whose ``status``
-    (or ``state``/``result``/``outcome``) is sent/delivered/success/done/ok/confirmed or
-    whose ``delivered``/``sent``/``ok`` is true, and no entry whose status says
-    failed/pending/queued/retry.  Returns (yes, why not)."""
+def routing_delivered(entries: Any) -> tuple[bool, str]:
+    """Whether a job's ``routing`` record (``GET /api/jobs/{id}``, one entry per
+    destination, see :func:`magickbox.results.outflow.routing_records`) says its results
+    were delivered: at least one destination ``sent``, every other one ``skipped`` (a
+    fail-over chain stopped after a success).  Returns (yes, why not)."""
+    from .results.outflow import SENT, SKIPPED
     if not entries:
-        return False, "the job record is empty"
-    if isinstance(entries, dict):
-        entries = [entries]
-    done = False
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        for key in _STATUS_KEYS:
-            value = entry.get(key)
-            if isinstance(value, str):
-                if _BAD_WORDS.search(value):
-                    return False, f"an entry's {key} is {value!r}: {entry}"
-                done = done or bool(_DONE_WORDS.match(value.strip()))
-        done = done or any(entry.get(k) is True for k in ("delivered", "sent", "ok", "confirmed"))
-    return (True, "") if done else (False, f"no entry says delivered: {entries}")
+        return False, "the job has no routing record"
+    states = [e.get("state") for e in entries]
+    if SENT not in states or any(state not in (SENT, SKIPPED) for state in states):
+        return False, "destinations: " + ", ".join(f"{e.get('destination')} {e.get('state')} "
+                                                   f"{e.get('last_error') or ''}".strip() for e in entries)
+    return True, ""
+
+
+def measures_delivered(entries: Any) -> tuple[bool, str]:
+    """Whether a job's ``measures`` record says every measure was confirmed by carbon."""
+    if not entries:
+        return False, "the job has no measures record"
+    waiting = [e.get("path") for e in entries if not e.get("delivered")]
+    return (False, f"{len(waiting)} measure(s) not delivered yet, e.g. {waiting[0]}") if waiting else (True, "")
 
 
 def _api(url: str, token: str, path: str) -> Any:
@@ -135,7 +119,6 @@ class Tour:
         self.graphite: Any = None
         self.started = time.monotonic()
         self.step_number = 0
-        self.pending: list[str] = []
         self.facts: dict[str, Any] = {}
 
     # -- processes -------------------------------------------------------------------------
@@ -170,19 +153,6 @@ class Tour:
         print(f"\n[{self.step_number}] {name}: {title}", flush=True)
         yield
         print(f"    ok: {name} ({time.monotonic() - started:.1f} s)", flush=True)
-
-    def pending_aware(self, name: str, title: str, body: Callable[[], None]) -> None:
-        """Run a step; when it fails and is listed in :data:`PENDING` (and
-        HOPS_DEMO_STRICT is not set), say what it waits for and carry on."""
-        try:
-            with self.step(name, title):
-                body()
-        except StepFailed as exc:
-            if name not in PENDING or os.environ.get("HOPS_DEMO_STRICT") == "1":
-                raise
-            self.pending.append(name)
-            print(f"    WAITING: step '{name}' did not pass: {exc.message}\n"
-                  f"    it needs {PENDING[name]} - not in this build yet", flush=True)
 
 
 def _node_args(python: str, data: Path, dicom_port: int, http_port: int, name: str,
@@ -223,7 +193,7 @@ def _find_in_archive(data: Path, sop_uid: str) -> Path | None:
 
 def run_tour(base: Path, serve: bool = False, timeout_scale: float = 1.0) -> int:
     """Run the tour in ``base`` (its sub-directories are replaced); 0 when every step
-    passed (pending ones may wait), 1 when one failed, 2 when something is not installed."""
+    passed, 1 when one failed, 2 when something is not installed."""
     from stability_collector.demo import ingest_and_read_back, snr_graph_url
     from stability_collector.localgraphite import GraphiteNotInstalled, LocalGraphite, free_port, wait_for_port
 
@@ -353,7 +323,7 @@ def run_tour(base: Path, serve: bool = False, timeout_scale: float = 1.0) -> int
             said: list[str] = [""]
 
             def recorded() -> bool:
-                ok, why = record_says_done(_api(node_url, token, f"/api/jobs/{job_id}").get("routing"))
+                ok, why = routing_delivered(_api(node_url, token, f"/api/jobs/{job_id}").get("routing"))
                 said[0] = why
                 return ok
             try:
@@ -363,7 +333,8 @@ def run_tour(base: Path, serve: bool = False, timeout_scale: float = 1.0) -> int
                 raise StepFailed("routing", f"{exc.message}: {said[0]}") from None
             print(f"    job {job_id} routing: {_api(node_url, token, f'/api/jobs/{job_id}')['routing']}")
 
-        tour.pending_aware("routing", f"the QA report routed to the receiving node ({RECEIVER_AE})", routing_step)
+        with tour.step("routing", f"the QA report routed to the receiving node ({RECEIVER_AE})"):
+            routing_step()
 
         def measures_step() -> None:
             from stability_collector.localgraphite import whisper_value_at
@@ -402,12 +373,13 @@ def run_tour(base: Path, serve: bool = False, timeout_scale: float = 1.0) -> int
                   f"e.g. {snr} = {expected[snr][0]:g}")
             tour.facts["fbirn_prefix"] = mset.prefix
             entries = _api(node_url, token, f"/api/jobs/{job_id}").get("measures")
-            if not entries:
-                raise StepFailed("measures", "the datapoints are in whisper but the job's measures record is empty")
+            ok, why = measures_delivered(entries)
+            if not ok:
+                raise StepFailed("measures", f"the datapoints are in whisper but the job's record disagrees: {why}")
             print(f"    job {job_id} measures record: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
 
-        tour.pending_aware("measures", "the fBIRN measures of the job in whisper at the acquisition time",
-                           measures_step)
+        with tour.step("measures", "the fBIRN measures of the job in whisper at the acquisition time"):
+            measures_step()
 
         with tour.step("qa", "the QA evaluator (hops-qa evaluate, hops-qa report)"):
             qa_dir = tour.base / "qa"
@@ -437,11 +409,7 @@ def run_tour(base: Path, serve: bool = False, timeout_scale: float = 1.0) -> int
             _check_links(tour, node_url, graphite.web_url, snr_graph_url(graphite.web_url))
         elapsed = time.monotonic() - tour.started
         _print_pointers(tour, node_url, graphite.web_url, snr_graph_url(graphite.web_url))
-        if tour.pending:
-            print(f"\nTour done in {elapsed:.0f} s; waiting for features not in this build: "
-                  f"{', '.join(tour.pending)} (see above).")
-        else:
-            print(f"\nTour done in {elapsed:.0f} s: every step passed.")
+        print(f"\nTour done in {elapsed:.0f} s: every step passed.")
         if serve:
             print("Everything keeps running; press Ctrl-C to stop it all.", flush=True)
             while True:

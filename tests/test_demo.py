@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from magickbox.demo import record_says_done, routing_rules
+from magickbox.demo import measures_delivered, routing_delivered, routing_rules
 from magickbox.results.routing import load_rules
 
 
@@ -107,11 +107,20 @@ def test_routing_rules_are_valid_magickbox_routing(tmp_path):
 @pytest.mark.parametrize("record, done", [
     ([], False),
     (None, False),
-    ([{"destination": "QAREPORTS@127.0.0.1:104", "status": "sent", "files": 1}], True),
-    ([{"destination": "A", "status": "delivered"}, {"destination": "B", "status": "failed"}], False),
-    ([{"destination": "A", "status": "pending", "attempts": 2}], False),
-    ([{"destination": "A", "delivered": True}], True),
-    ([{"destination": "A", "files": 3}], False),
+    ([{"destination": "QAREPORTS@127.0.0.1:104", "state": "sent", "files": 1}], True),
+    ([{"destination": "A", "state": "sent"}, {"destination": "B", "state": "skipped"}], True),
+    ([{"destination": "A", "state": "failed"}, {"destination": "B", "state": "sent"}], False),
+    ([{"destination": "A", "state": "pending", "attempts": 2}], False),
+    ([{"destination": "A", "state": "skipped"}], False),
 ])
-def test_record_says_done(record, done):
-    assert record_says_done(record)[0] is done
+def test_routing_delivered(record, done):
+    assert routing_delivered(record)[0] is done
+
+
+@pytest.mark.parametrize("record, done", [
+    ([], False),
+    ([{"path": "hops.measures.b.s.x", "delivered": True}], True),
+    ([{"path": "hops.measures.b.s.x", "delivered": True}, {"path": "hops.measures.b.s.y", "delivered": False}], False),
+])
+def test_measures_delivered(record, done):
+    assert measures_delivered(record)[0] is done

@@ -2,17 +2,17 @@
 
 Real components, each a process stopped and SIGKILLed by PID: gearmand (sqlite queue), a
 ``magickbox serve`` node using it (no embedded worker), a separate ``magickbox worker``,
-carbon-cache, ``hops-stability watch`` feeding it, and (with results checks) a dcmtk
-``storescp`` as the routing destination.  :class:`PipelineSystem` sends work, kills and
+carbon-cache, ``hops-stability watch`` feeding it, and a dcmtk ``storescp`` as the
+routing destination.  :class:`PipelineSystem` sends work, kills and
 restarts components, waits for quiescence and lists invariant violations.
 
-Contract used for the results checks (``HOPS_SYSTEM_RESULTS=1``, issue 13):
+Results:
 * routing: ``<data>/routing.json`` (MagickBox format) sends the bucket's OUTPUT to the
-  storescp peer; the job detail (``GET /api/jobs/{id}``) has ``routing``, a list of
-  objects of which one says sent/delivered (``magickbox.demo.record_says_done``);
+  storescp peer; the job detail (``GET /api/jobs/{id}``) ``routing`` must say so
+  (:func:`magickbox.demo.routing_delivered`);
 * measures: the bucket writes ``measures.json`` (schema in magickbox/results/measures.py)
   without a prefix, so the node sends ``hops.measures.<bucket>.<StationName>.<name>``;
-  each study has its own StationName; the job detail's ``measures`` is not empty.
+  each study has its own StationName; the job detail's ``measures`` must say delivered.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import pydicom
 from conftest import Gearmand
 from dicom_helpers import MAGICKBOX, MagickboxProcess, StorescpPeer, acknowledged_files, make_study, stop_process
 
-from magickbox.demo import record_says_done
+from magickbox.demo import measures_delivered, routing_delivered
 from magickbox.layout import DataLayout
 from magickbox.model import FINAL_STATUSES
 from stability_collector.localgraphite import LocalGraphite, whisper_value_at
@@ -79,14 +79,14 @@ class DroppedReport:
 
 
 class PipelineSystem:
-    def __init__(self, base: Path, rng: random.Random, results: bool):
-        self.base, self.rng, self.results = base, rng, results
+    def __init__(self, base: Path, rng: random.Random):
+        self.base, self.rng = base, rng
         self.gearmand = Gearmand(base / "gearmand")
         self.graphite = LocalGraphite(base / "graphite")
         self.data = base / "node"
         self.layout = DataLayout.of(self.data)
         self.reports_dir = base / "scanner" / SCANNER
-        self.peer = StorescpPeer(base / "pacs", ae_title="PACS") if results else None
+        self.peer = StorescpPeer(base / "pacs", ae_title="PACS")
         self.node: MagickboxProcess | None = None
         self.worker: subprocess.Popen | None = None
         self.watch: subprocess.Popen | None = None
@@ -102,8 +102,7 @@ class PipelineSystem:
     def start(self) -> None:
         self.gearmand.start()
         self.graphite.start()
-        if self.peer is not None:
-            self.peer.start()
+        self.peer.start()
         buckets = self.layout.buckets / "procsys"
         buckets.mkdir(parents=True, exist_ok=True)
         (buckets / "info.json").write_text(json.dumps({
@@ -112,12 +111,11 @@ class PipelineSystem:
         (buckets / "bucket.py").write_text(BUCKET_SCRIPT)
         (buckets / "work.sh").write_text(f"#!/bin/sh\nexec {sys.executable} \"$(dirname \"$0\")/bucket.py\" \"$@\"\n")
         (buckets / "work.sh").chmod(0o755)
-        if self.peer is not None:
-            self.layout.routing_rules.parent.mkdir(parents=True, exist_ok=True)
-            self.layout.routing_rules.write_text(json.dumps({"routing": [{
-                "name": "system test outputs to the PACS", "AETitleIn": BUCKET_AE, "RouteDirectory": "OUTPUT",
-                "send": [{"success": {"IP": "127.0.0.1", "PORT": str(self.peer.port), "AETitleSender": "NODE",
-                                      "AETitleTo": "PACS", "retry": {"count": 100, "backoff": 1}}}]}]}))
+        self.layout.routing_rules.parent.mkdir(parents=True, exist_ok=True)
+        self.layout.routing_rules.write_text(json.dumps({"routing": [{
+            "name": "system test outputs to the PACS", "AETitleIn": BUCKET_AE, "RouteDirectory": "OUTPUT",
+            "send": [{"success": {"IP": "127.0.0.1", "PORT": str(self.peer.port), "AETitleSender": "NODE",
+                                  "AETitleTo": "PACS", "retry": {"count": 100, "backoff": 1}}}]}]}))
         self.node = MagickboxProcess(self.data, quiet_seconds=1, extra_args=["--no-worker"], config={
             "gearman": {"servers": [self.gearmand.address], "resubmit_after": 3},
             "graphite": {"address": self.graphite.line_address, "interval": 2}})
@@ -151,8 +149,7 @@ class PipelineSystem:
         stop_process(self.worker)
         if self.node is not None:
             self.node.stop()
-        if self.peer is not None:
-            self.peer.stop()
+        self.peer.stop()
         self.gearmand.stop()
         self.graphite.stop()
 
@@ -250,7 +247,7 @@ class PipelineSystem:
 
     def wait_quiescent(self, timeout: float) -> list[dict]:
         """Until every report is archived, every archived study has a job and every job
-        is final (and routed/measured with results checks); returns the job details.
+        is final, routed and its measures delivered; returns the job details.
         AssertionError naming what did not settle."""
         deadline = time.monotonic() + timeout
         why = ""
@@ -277,7 +274,7 @@ class PipelineSystem:
                 why = f"{len(studies - with_job)} archived stud(ies) without a job"
             elif not_final:
                 why = f"jobs not final: {not_final}"
-            elif self.results:
+            else:
                 why = self._results_pending(jobs)
             if not why:
                 return jobs
@@ -288,9 +285,10 @@ class PipelineSystem:
         for job in jobs:
             if job["status"] != "success":
                 continue
-            for key in ("routing", "measures"):
-                if not job.get(key):
-                    return f"job {job['id']}: no {key} record yet (HOPS_SYSTEM_RESULTS=1 needs issue 13's {key})"
+            for key, delivered in (("routing", routing_delivered), ("measures", measures_delivered)):
+                ok, why = delivered(job.get(key))
+                if not ok:
+                    return f"job {job['id']} {key}: {why}"
         return ""
 
     # -- invariants ------------------------------------------------------------------------
@@ -315,8 +313,7 @@ class PipelineSystem:
         found += self._job_violations(jobs, archived)
         found += self._report_violations()
         found += self._leftovers(jobs)
-        if self.results:
-            found += self._results_violations(jobs)
+        found += self._results_violations(jobs)
         return found
 
     def _job_violations(self, jobs: list[dict], archived: dict[str, list[Path]]) -> list[str]:
@@ -401,7 +398,6 @@ class PipelineSystem:
         return found
 
     def _results_violations(self, jobs: list[dict]) -> list[str]:
-        assert self.peer is not None
         found = []
         received = self.peer.received_uids()
         by_station = {s.uid: s for s in self.studies}
@@ -412,7 +408,7 @@ class PipelineSystem:
             sop = str(pydicom.dcmread(output / "result.dcm", stop_before_pixels=True).SOPInstanceUID)
             if sop not in received:
                 found.append(f"job {job['id']}: routed file result.dcm ({sop}) never reached the PACS")
-            ok, why = record_says_done(job.get("routing"))
+            ok, why = routing_delivered(job.get("routing"))
             if not ok:
                 found.append(f"job {job['id']}: routing record does not say delivered: {why}")
             study = by_station.get(job.get("study_uid") or "")
@@ -424,7 +420,8 @@ class PipelineSystem:
                 if got != value:
                     found.append(f"job {job['id']}: measure hops.measures.*.{study.station}.instances = {value} "
                                  f"at {study.acquired} not in whisper (found {got}, files {wsp})")
-            if not job.get("measures"):
-                found.append(f"job {job['id']}: its measures record is empty")
+            ok, why = measures_delivered(job.get("measures"))
+            if not ok:
+                found.append(f"job {job['id']}: measures record: {why}")
         return found
 
