@@ -36,7 +36,6 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
