@@ -116,8 +116,9 @@ class StorageReceiver:
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
         return ctx
 
-    def start(self) -> int:
-        """Start listening; returns the bound port."""
+    def start(self, listen_socket: Any = None) -> int:
+        """Start listening (on ``listen_socket`` if given: a listening socket shared with
+        other receiving processes); returns the port."""
         threshold = int(self.config.dicom.spool_threshold_mb * 1024 * 1024)
         _config.LOG_HANDLER_LEVEL = "none"          # pynetdicom's own logging can show patient data
         # data sets spill to the archive's tmp directory (SpoolBuffer) instead of a BytesIO
@@ -148,7 +149,7 @@ class StorageReceiver:
         ]
         self.server = ae.make_server((d.host, d.port), evt_handlers=handlers,
                                      server_class=peerguard.GuardedAssociationServer, guard=self.guard,
-                                     tls_context=self._ssl_context())
+                                     tls_context=self._ssl_context(), listen_socket=listen_socket)
         thread = threading.Thread(target=self.server.serve_forever, name="dicom-listener", daemon=True)
         thread.start()
         ae._servers.append(self.server)
