@@ -265,9 +265,19 @@ def child_main(argv: list[str]) -> int:
     logsafe.configure(level)
     private_umask()
     config: NodeConfig = pickle.loads(sys.stdin.buffer.read())
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # a signal only writes to a pipe (a handler that takes a lock, e.g. Event.set, can
+    # deadlock with the code it interrupts); the main loop selects on it
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+
+    def _signal(signum: int, _frame: object) -> None:
+        try:
+            os.write(wake_w, b"x")
+        except OSError:
+            pass
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, _signal)
     control = socket.socket(fileno=control_fd)
     listener = socket.socket(fileno=listen_fd)
 
@@ -296,26 +306,25 @@ def child_main(argv: list[str]) -> int:
                                reporter)  # type: ignore[arg-type]
     receiver.start(listen_socket=listener)
 
-    def watch_parent() -> None:          # EOF: the parent is gone
-        while not stop.is_set():
-            readable, _, _ = select.select([control], [], [], 1.0)
-            if readable:
-                try:
-                    if not control.recv(1024):
-                        stop.set()
-                except OSError:
-                    stop.set()
-
-    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     try:
         reporter.send("ready")
-        while not stop.wait(REPORT_INTERVAL):
-            tracker.flush()
-            series.flush()
-            reporter.report(receiver.guard)
+        next_report = time.monotonic() + REPORT_INTERVAL
+        while True:
+            readable, _, _ = select.select([control, wake_r], [], [], max(0.0, next_report - time.monotonic()))
+            if wake_r in readable:
+                break                             # SIGTERM/SIGINT (also PR_SET_PDEATHSIG)
+            if control in readable and not control.recv(1024):
+                break                             # EOF: the parent is gone
+            if time.monotonic() >= next_report:
+                tracker.flush()
+                series.flush()
+                reporter.report(receiver.guard)
+                next_report = time.monotonic() + REPORT_INTERVAL
     except OSError:
-        pass                              # the parent closed the control socket
+        pass                                      # the parent closed the control socket
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         receiver.stop()
         tracker.flush()
         series.flush()

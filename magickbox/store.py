@@ -460,7 +460,7 @@ class DicomArchive:
         nothing) where the filesystem allows, else ``tmp/<sop>.<random>.part``."""
         if self._anonymous:
             try:
-                return os.open(directory, os.O_WRONLY | os.O_TMPFILE, FILE_MODE), None
+                return os.open(directory, os.O_RDWR | os.O_TMPFILE, FILE_MODE), None
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
                     raise
