@@ -310,10 +310,11 @@ def child_main(argv: list[str]) -> int:
         reporter.send("ready")
         next_report = time.monotonic() + REPORT_INTERVAL
         while True:
-            readable, _, _ = select.select([control, wake_r], [], [], max(0.0, next_report - time.monotonic()))
+            readable, _, _ = select.select([control.fileno(), wake_r], [], [],
+                                           max(0.0, next_report - time.monotonic()))
             if wake_r in readable:
                 break                             # SIGTERM/SIGINT (also PR_SET_PDEATHSIG)
-            if control in readable and not control.recv(1024):
+            if control.fileno() in readable and not control.recv(1024):
                 break                             # EOF: the parent is gone
             if time.monotonic() >= next_report:
                 tracker.flush()

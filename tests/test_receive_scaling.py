@@ -14,14 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dicom_helpers import (
-    MagickboxProcess,
-    acknowledged_files,
-    dataset_bytes,
-    make_study,
-    storescu,
-    write_bucket,
-)
+from dicom_helpers import MagickboxProcess, acknowledged_files, dataset_bytes, make_study, storescu, write_bucket
 
 from magickbox import store as store_module
 from magickbox.classify import ClassifyRules
