@@ -2,10 +2,13 @@
 
 pynetdicom runs every association of a process under one GIL, so one process receives
 on about one core however many scanners send.  With ``receivers = N`` the node opens the
-listening socket itself and starts N child processes (``python -m magickbox.receivers``)
-that accept from that shared socket, each running the ordinary :class:`~.receiver.StorageReceiver`
-with its own archive writer, series records and receive-side study tracker.  The parent
-keeps everything else (study completion, jobs, queue, worker, web UI/API).
+listening socket itself, accepts every connection and hands it (``SCM_RIGHTS`` over a
+Unix socket pair) to the one of N child processes (``python -m magickbox.receivers``)
+with the fewest connections; each child runs the ordinary :class:`~.receiver.StorageReceiver`
+(peer guard, association, archive writer, series records, receive-side study tracker) on
+the connections it is handed.  (Children accepting from the shared socket themselves
+balanced badly: measured, one took three of four associations.)  The parent keeps
+everything else (study completion, jobs, queue, worker, web UI/API).
 
 What holds across processes:
 
@@ -82,6 +85,8 @@ class _Child:
         self.buffer = b""
         self.ready = False
         self.counts: dict[str, int] = {"pending": 0, "associated": 0, "addresses": 0}
+        self.load = 0          # connections at its last report
+        self.handed = 0        # connections handed to it since
 
 
 class ReceiverPool:
@@ -99,6 +104,7 @@ class ReceiverPool:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+        self._acceptor: threading.Thread | None = None
 
     def start(self) -> int:
         """Open the port, start the children, return once every one listens; the port."""
@@ -119,6 +125,8 @@ class ReceiverPool:
             raise
         self._watcher = threading.Thread(target=self._watch, name="receiver-pool", daemon=True)
         self._watcher.start()
+        self._acceptor = threading.Thread(target=self._accept_loop, name="dicom-listener", daemon=True)
+        self._acceptor.start()
         log.info("DICOM listener on %s:%d (AE %s%s): %d receiving processes (pids %s)", d.host, port, d.ae_title,
                  ", TLS" if d.tls else "", len(self.children), ", ".join(str(c.proc.pid) for c in self.children))
         return port
@@ -170,6 +178,8 @@ class ReceiverPool:
             self.count(words[1], int(words[2]))
         elif len(words) == 4 and words[0] == "connections":
             child.counts = {"pending": int(words[1]), "associated": int(words[2]), "addresses": int(words[3])}
+            child.load = child.counts["pending"] + child.counts["associated"]
+            child.handed = 0
 
     def _ended(self, child: _Child, starting: bool) -> None:
         if self._stopping.is_set():
@@ -182,6 +192,33 @@ class ReceiverPool:
                   "the studies it was receiving)", child.index, child.proc.pid, code)
         if self.on_failure is not None:
             self.on_failure()
+
+    def _accept_loop(self) -> None:
+        """Accept connections and hand each to the receiving process with the fewest
+        connections (its last report plus what it was handed since)."""
+        assert self.socket is not None
+        self.socket.settimeout(0.5)
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self.socket.accept()
+            except (socket.timeout, BlockingIOError):
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                log.exception("accepting a DICOM connection failed")
+                time.sleep(0.1)
+                continue
+            with conn:
+                live = [c for c in self.children if c.ready and c.control.fileno() >= 0]
+                if not live:
+                    continue
+                child = min(live, key=lambda c: c.load + c.handed)
+                try:
+                    socket.send_fds(child.control, [b"c"], [conn.fileno()])
+                    child.handed += 1
+                except OSError as exc:        # the child is gone or stuck: drop this connection
+                    log.warning("could not hand a connection to receiving process %d: %s", child.index, exc)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
@@ -214,8 +251,9 @@ class ReceiverPool:
                 child.proc.wait()
             if child.control.fileno() >= 0:
                 child.control.close()
-        if self._watcher is not None:
-            self._watcher.join(2)
+        for thread in (self._watcher, self._acceptor):
+            if thread is not None:
+                thread.join(2)
         if self.socket is not None:
             self.socket.close()
             self.socket = None
@@ -304,7 +342,7 @@ def child_main(argv: list[str]) -> int:
     reporter = _Reporter(control)
     receiver = StorageReceiver(config, archive, registry, tracker, series, HeaderReader(rules.dicom_tags()),
                                reporter)  # type: ignore[arg-type]
-    receiver.start(listen_socket=listener)
+    receiver.start(listen_socket=listener, accept=False)
 
     try:
         reporter.send("ready")
@@ -314,8 +352,12 @@ def child_main(argv: list[str]) -> int:
                                            max(0.0, next_report - time.monotonic()))
             if wake_r in readable:
                 break                             # SIGTERM/SIGINT (also PR_SET_PDEATHSIG)
-            if control.fileno() in readable and not control.recv(1024):
-                break                             # EOF: the parent is gone
+            if control.fileno() in readable:
+                data, fds, _, _ = socket.recv_fds(control, 1024, 64)
+                if not data and not fds:
+                    break                         # EOF: the parent is gone
+                for fd in fds:                    # connections the parent accepted
+                    receiver.take_connection(socket.socket(fileno=fd))
             if time.monotonic() >= next_report:
                 tracker.flush()
                 series.flush()

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import threading
+import zlib
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -150,7 +151,7 @@ class SeriesRecords:
         (self.root / key[0]).mkdir(mode=DIR_MODE, exist_ok=True)
         added = self._unwritten_files.pop(key, 0)
         if self.shared:
-            with self._cross_process_lock(hash(key) % 1024):
+            with self._cross_process_lock(zlib.crc32("/".join(key).encode()) % 1024):   # same in every process
                 on_disk = self._load(*key)
                 if on_disk is not None:
                     record["NumFiles"] = str(int(on_disk.get("NumFiles", "0") or 0) + added)

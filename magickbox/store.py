@@ -45,6 +45,7 @@ import struct
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -286,6 +287,9 @@ def _copy_file(src_fd: int, dst_fd: int, size: int) -> None:
         offset += n
 
 
+#: linkat(AT_EMPTY_PATH) errors that mean "never possible here" (no CAP_DAC_READ_SEARCH:
+#: ENOENT or EPERM); any other error is the archive's (e.g. ENOSPC) and is raised
+_CANNOT_LINK_ANONYMOUS = (errno.EPERM, errno.ENOENT, errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL)
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
 _libc: ctypes.CDLL | None = None
@@ -436,7 +440,9 @@ class DicomArchive:
                     _link_anonymous(fd, final)
                 except FileExistsError:
                     tmp = self._name_anonymous(fd, sop)
-                except OSError:
+                except OSError as exc:
+                    if exc.errno not in _CANNOT_LINK_ANONYMOUS:
+                        raise
                     self._anonymous = False   # this filesystem or process cannot link it: named files
                     tmp = self._name_anonymous(fd, sop)
                 else:
@@ -462,7 +468,7 @@ class DicomArchive:
             try:
                 return os.open(directory, os.O_RDWR | os.O_TMPFILE, FILE_MODE), None
             except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):   # no O_TMPFILE here
                     raise
                 self._anonymous = False
         tmp = self.tmp / f"{sop}.{uuid.uuid4().hex}.part"
@@ -488,7 +494,7 @@ class DicomArchive:
         """Move a complete, fsync'd ``tmp`` file to ``final``, applying the duplicate and
         replace rules under a lock that also holds against the node's other receiving
         processes (a POSIX record lock on ``tmp/archive.lock``)."""
-        slot = hash(final.name) % len(self._locks)
+        slot = zlib.crc32(final.name.encode()) % len(self._locks)   # the same in every process (hash() is not)
         with self._locks[slot], self._cross_process_lock(slot):
             outcome = StoreOutcome.NEW
             if final.exists():
