@@ -4,7 +4,8 @@
 
 1, 2 and 4 dcmtk ``storescu`` senders (``TCP_NODELAY=1``) each send their own study of
 ``--images`` MR images of ``--size-kb`` KB at the same time; the time is from the first
-start to the last exit.  Receivers:
+start to the last exit, after a warm-up association per sender (2 images; the first
+associations of a fresh process import and set up lazily).  Receivers:
 
 * ``storescp-fork``   dcmtk storescp ``--fork`` (one process per association) + fsync shim
 * ``magickbox-1``     ``magickbox serve`` with ``[dicom] receivers = 1`` (one process)
@@ -91,6 +92,7 @@ def main() -> int:
     try:
         shim = build_fsync_shim(base)
         studies = [generate_study(base / f"study{i}", args.images, args.size_kb) for i in range(max(sender_counts))]
+        warmup = generate_study(base / "warmup", 2, args.size_kb)
         names = ["storescp-fork", "magickbox-1", f"magickbox-{args.receivers}"]
         timings: dict[tuple[str, int], list[float]] = {(n, k): [] for n in names for k in sender_counts}
         for r in range(args.rounds):
@@ -104,6 +106,7 @@ def main() -> int:
                         proc, port = run_magickbox(target, int(name.split("-")[1]))
                         called = "BENCH"
                     try:
+                        send_concurrently(port, called, [warmup] * k)     # first associations: lazy set-up
                         timings[(name, k)].append(send_concurrently(port, called, studies[:k]))
                     finally:
                         stop(proc)
