@@ -27,6 +27,8 @@ Validated at start-up; every error names the key (``dicom.port: expected an inte
     max_associations = 64              # associations at once (then A-ASSOCIATE-RJ local limit)
     max_pending_connections = 32       # connections still without an A-ASSOCIATE-RQ
     max_connections_per_address = 16   # connections from one peer address
+    receivers = 1                      # receiving processes sharing the DICOM port (1-64);
+                                       # the limits above then hold per process
     [dicom.access.<AETitle>]           # optional allow-list for one bucket; for the node's own
                                        # and extra AE titles: who may store (C-ECHO: anyone)
     calling_ae_titles = ["SCANNER1"]
@@ -145,6 +147,7 @@ class DicomConfig:
     max_associations: int = 64
     max_pending_connections: int = 32
     max_connections_per_address: int = 16
+    receivers: int = 1
     access: Mapping[str, AccessRule] = field(default_factory=dict)
     tls: TLSConfig | None = None
 
@@ -294,7 +297,7 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
                                                 "max_pdu", "uid_grammar", "fsync", "spool_threshold_mb", "access",
                                                 "tls", "spool_memory_mb", "replace", "association_timeout",
                                                 "idle_timeout", "max_associations", "max_pending_connections",
-                                                "max_connections_per_address"})
+                                                "max_connections_per_address", "receivers"})
     access = {}
     for ae, rule in _table("dicom.access", d.get("access", {}), set(d.get("access", {}) or {})).items():
         key = f"dicom.access.{ae}"
@@ -350,6 +353,7 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
                                      10000),
         max_connections_per_address=_int("dicom.max_connections_per_address",
                                          d.get("max_connections_per_address", 16), 1, 10000),
+        receivers=_int("dicom.receivers", d.get("receivers", 1), 1, 64),
         access=access,
         tls=tls,
     )

@@ -184,8 +184,11 @@ class Database:
         with self._lock:
             self._conn.close()
 
-    def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]]) -> list[StatementResult]:
-        """Run the statements in one transaction; what each changed, in order."""
+    def _tx(self, statements: Iterable[tuple[str, tuple[Any, ...]]], first_must_change: bool = False
+            ) -> list[StatementResult]:
+        """Run the statements in one transaction; what each changed, in order.
+        ``first_must_change``: if the first statement changes no row, roll back and
+        return an empty list."""
         with self._lock:
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -194,6 +197,9 @@ class Database:
                 for sql, args in statements:
                     cur.execute(sql, args)
                     results.append(StatementResult(cur.rowcount, cur.lastrowid))
+                    if first_must_change and len(results) == 1 and cur.rowcount == 0:
+                        cur.execute("ROLLBACK")
+                        return []
                 cur.execute("COMMIT")
                 return results
             except BaseException:
@@ -256,25 +262,30 @@ class Database:
         is exactly these (``input_scope = 'delivered'``); None: the whole study.  A study
         already processed for the same caller and bucket becomes a follow-up job
         (``follow_up_of``)."""
+        # only the pending row as read: a receiving process may have opened an association
+        # or recorded an instance of the study since (then it is not complete yet)
+        unchanged = ("DELETE FROM pending_studies WHERE key = ? AND open_associations = 0 AND last_received = ?",
+                     (pending.key, pending.last_received))
         with self._lock:
             previous = self.previous_job(pending.called_ae, pending.calling_ae, pending.study_uid)
             if instance_count == 0:
-                self._tx([("DELETE FROM pending_studies WHERE key = ?", (pending.key,))])
+                self._tx([unchanged], first_must_change=True)
                 return None
             scope = "study" if instances is None else "delivered"
             with_id = "(SELECT max(id) FROM jobs)"      # the job inserted first in this transaction
             statements = [
+                unchanged,
                 ("INSERT INTO jobs (bucket_ae, calling_ae, caller_ip, study_uid, source, received, completed,"
                  " series_count, instance_count, classification, follow_up_of, status, created, input_scope)"
                  f" VALUES (?, ?, ?, ?, 'dicom', ?, ?, ?, ?, ?, ?, '{_QUEUED}', ?, ?)",
                  (pending.called_ae, pending.calling_ae, pending.caller_ip, pending.study_uid,
                   pending.first_received, now, series_count, instance_count, json.dumps(classification),
                   previous.id if previous else None, now, scope)),
-                ("DELETE FROM pending_studies WHERE key = ?", (pending.key,)),
             ]
             statements += [(f"INSERT OR IGNORE INTO job_instances (job_id, series_uid, sop_uid)"
                             f" VALUES ({with_id}, ?, ?)", (series, sop)) for series, sop in (instances or ())]
-            return self.job(self._tx(statements)[0].lastrowid)  # type: ignore[arg-type]
+            results = self._tx(statements, first_must_change=True)
+            return self.job(results[1].lastrowid) if results else None  # type: ignore[arg-type]
 
     def job_instances(self, job_id: int) -> list[tuple[str, str]]:
         """(series UID, SOP Instance UID) of a 'delivered' job's input."""

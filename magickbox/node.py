@@ -23,6 +23,7 @@ from .dicomio import HeaderReader
 from .jobqueue import Dispatcher, EmbeddedJobServer
 from .model import JobStatus
 from .receiver import StorageReceiver
+from .receivers import ReceiverPool
 from .results.measure_stage import MeasureStage
 from .results.outflow import RouteStage
 from .results.routing import RoutingError
@@ -56,7 +57,7 @@ class Node:
         self.archive = DicomArchive(layout, fsync=config.dicom.fsync, replace=config.dicom.replace,
                                     spool_memory=int(config.dicom.spool_memory_mb * 1024 * 1024))
         self.db = Database(layout.database)
-        self.series = SeriesRecords(layout, self.rules)
+        self.series = SeriesRecords(layout, self.rules, shared=config.dicom.receivers > 1)
         self.telemetry = NodeTelemetry(config.node_name, config.graphite, config.graphite_interval, gauges={
             nm.QUEUE_LENGTH: lambda: self.db.count_jobs(JobStatus.QUEUED),
             nm.JOBS_RUNNING: lambda: self.db.count_jobs(JobStatus.RUNNING),
@@ -90,6 +91,8 @@ class Node:
                              route_senders=config.routing.senders) if config.worker_enabled else None
         self.receiver = StorageReceiver(config, self.archive, self.registry, self.tracker, self.series,
                                         HeaderReader(self.rules.dicom_tags()), self.telemetry)
+        self.receiver_pool: ReceiverPool | None = None        # [dicom] receivers > 1
+        self._stop_requested = threading.Event()
         self.web: HttpServer | None = None
         self.dicom_port: int | None = None
         self.http_port: int | None = None
@@ -140,7 +143,12 @@ class Node:
         self.tracker.recover()
         self.tracker.start()
         self.telemetry.start()
-        self.dicom_port = self.receiver.start()
+        if self.config.dicom.receivers > 1:
+            self.receiver_pool = ReceiverPool(self.config, self.telemetry.count, on_failure=self._stop_requested.set)
+            self.dicom_port = self.receiver_pool.start()
+            self.receiver.guard = self.receiver_pool      # type: ignore[assignment]  # its counts() for /api/health
+        else:
+            self.dicom_port = self.receiver.start()
         self.routing.start()
         from .api.server import HttpServer
         from .api.uploads import UploadLimits
@@ -154,6 +162,8 @@ class Node:
             return
         self._stopped.set()
         self.receiver.stop()
+        if self.receiver_pool is not None:
+            self.receiver_pool.stop()
         if self.web is not None:
             self.web.stop()
         self.tracker.stop()
@@ -168,7 +178,7 @@ class Node:
         self.db.close()
 
     def run(self) -> None:
-        stop = threading.Event()
+        stop = self._stop_requested
 
         def _signal(signum: int, _frame: object) -> None:
             log.info("signal %d: shutting down", signum)

@@ -315,13 +315,35 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def __init__(self, ae: Any, address: tuple[str, int], ae_title: str, contexts: list, ssl_context: Any = None,
                  evt_handlers: list | None = None, *, guard: ConnectionGuard,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 tls_context: ssl.SSLContext | None = None, listen_socket: socket.socket | None = None) -> None:
+        """``listen_socket``: an already listening socket shared with the node's other
+        receiving processes (:mod:`.receivers`) instead of binding ``address``."""
         self.guard = guard
         self.tls_context = tls_context
+        self.shared_socket = listen_socket
         # TLS is not set up in the accept loop (pynetdicom would handshake there, with no
         # time limit) but in each connection's handler
         super().__init__(ae, address, ae_title, contexts, None, evt_handlers=evt_handlers,
                          request_handler=GuardedRequestHandler)
+
+    def server_bind(self) -> None:
+        if self.shared_socket is None:
+            return super().server_bind()
+        self.socket.close()
+        self.socket = self.shared_socket
+        # a short timeout: another process may take a connection this one saw (accept
+        # then waits at most this long before the serve loop looks again)
+        self.socket.settimeout(0.5)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.shared_socket is None:
+            super().server_activate()
+
+    def server_close(self) -> None:
+        if self.shared_socket is None:
+            return super().server_close()
+        self.socket.close()                  # never shutdown(): the other processes still listen
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         return self.guard.admit(request, str(client_address[0])) is not None

@@ -21,9 +21,12 @@ that most of the time per instance is not DICOM work but waiting and generic enc
    C-STORE waits for the next tick.  **Patch:** it blocks on the queue instead (with a
    short timeout so release/abort/kill are still noticed).
 2. The DUL thread sleeps 1 ms whenever a loop found nothing to do, which delays the
-   response after the handler returns and the next request.  **Patch:** while an
-   association is busy the sleep is 50 µs; after 50 ms without traffic it goes back to
-   1 ms, so idle associations cost no CPU.
+   response after the handler returns and the next request.  **Patch:** it waits in
+   ``select`` on the association's socket and a wake-up socket pair that sending a PDU
+   and killing the DUL write to (at most 1 ms, as before, for anything else), so it
+   reacts at once without polling; an earlier patch that polled every 50 µs while busy
+   cost a core's worth of wake-ups with several associations.  (The 50 µs/1 ms delay
+   property is still installed but no longer used by the receive loop.)
 3. Each C-STORE-RSP is built as a pydicom Dataset and encoded generically.  **Patch:**
    the seven elements of the response command set are packed with ``struct``.
 4. Each C-STORE-RQ command set is converted element by element through pydicom
@@ -42,6 +45,9 @@ from __future__ import annotations
 import copy
 import logging
 import queue
+import select
+import socket
+import ssl
 import struct
 import time
 from typing import Any, Callable
@@ -54,6 +60,7 @@ from pynetdicom import dul as _dul
 from pynetdicom import evt
 from pynetdicom import transport as _transport
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
@@ -138,6 +145,109 @@ def _process_recv_primitive(self) -> bool:
     if sent:
         self._hops_active = time.monotonic()
     return sent
+
+
+# -- 2b. the DUL loop waits for work instead of polling ----------------------------------------
+#: longest wait of the DUL loop: bounds how late it notices events other threads queue
+#: without waking it (rare: aborts, timers), as pynetdicom's own 1 ms loop delay did
+_DUL_MAX_WAIT = 0.001
+
+
+def _wake(dul: Any) -> None:
+    pair = getattr(dul, "_hops_wake", None)
+    if pair is not None:
+        try:
+            pair[1].send(b"\0")
+        except OSError:              # closed (the loop ended) or full (already woken)
+            pass
+
+
+def _wait_for_work(dul: Any, timeout: float) -> None:
+    """Block until the peer sent data, this association queued a PDU to send (see
+    :func:`_send_pdu`), the DUL was killed, or ``timeout`` s passed."""
+    transport = dul.socket
+    sock = getattr(transport, "socket", None) if transport is not None else None
+    pair = getattr(dul, "_hops_wake", None)
+    if pair is None:
+        pair = dul._hops_wake = socket.socketpair()
+        pair[0].setblocking(False)
+        pair[1].setblocking(False)
+    if sock is None or sock.fileno() < 0:
+        time.sleep(timeout)
+        return
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return                       # TLS data already decrypted: select cannot see it
+    if dul.to_provider_queue.qsize() or dul.event_queue.qsize() or dul._kill_thread:
+        return
+    try:
+        ready, _, _ = select.select([sock, pair[0]], [], [], timeout)
+    except (OSError, ValueError):
+        return
+    if pair[0] in ready:
+        try:
+            while pair[0].recv(4096):
+                pass
+        except OSError:
+            pass
+
+
+_original_send_pdu = _dul.DULServiceProvider.send_pdu
+_original_kill_dul = _dul.DULServiceProvider.kill_dul
+
+
+def _send_pdu(self, primitive) -> None:
+    _original_send_pdu(self, primitive)
+    _wake(self)
+
+
+def _kill_dul(self) -> None:
+    _original_kill_dul(self)
+    _wake(self)
+
+
+def _dul_run_reactor(self) -> None:  # mirrors DULServiceProvider.run_reactor, waiting instead of sleeping
+    self._idle_timer.start()
+    wait = False
+    try:
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                wait = True
+            if wait:
+                _wait_for_work(self, _DUL_MAX_WAIT)
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception:
+                log.error("exception in the DUL loop; aborting the association")
+                abort = A_ABORT_RQ()
+                abort.source = 0x02
+                abort.reason_diagnostic = 0x00
+                self.socket.send(abort.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                wait = True
+                continue
+            self.state_machine.do_action(event)
+            wait = False
+    finally:
+        pair = getattr(self, "_hops_wake", None)
+        self._hops_wake = None
+        if pair is not None:
+            pair[0].close()
+            pair[1].close()
 
 
 # -- 3. C-STORE-RSP encoded with struct ----------------------------------------------------
@@ -261,6 +371,9 @@ def apply(spool_factory: Callable[[], Any] | None = None) -> bool:
     _dul.DULServiceProvider._run_loop_delay = property(_get_delay, _set_delay)
     _dul.DULServiceProvider._is_transport_event = _is_transport_event
     _dul.DULServiceProvider._process_recv_primitive = _process_recv_primitive
+    _dul.DULServiceProvider.run_reactor = _dul_run_reactor
+    _dul.DULServiceProvider.send_pdu = _send_pdu
+    _dul.DULServiceProvider.kill_dul = _kill_dul
     _dimse.DIMSEServiceProvider.send_msg = _send_msg
     _dimse_messages.C_STORE_RQ.message_to_primitive = _c_store_rq_to_primitive
     _transport.deepcopy = _copy_contexts

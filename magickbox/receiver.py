@@ -96,6 +96,7 @@ class StorageReceiver:
         self.telemetry = telemetry
         self.lenient = config.dicom.uid_grammar == "lenient"
         self.server: Any = None
+        self._accepting = True
         d = config.dicom
         self.guard = peerguard.ConnectionGuard(peerguard.GuardLimits(
             association_timeout=d.association_timeout, idle_timeout=d.idle_timeout,
@@ -116,8 +117,10 @@ class StorageReceiver:
         ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
         return ctx
 
-    def start(self) -> int:
-        """Start listening; returns the bound port."""
+    def start(self, listen_socket: Any = None, accept: bool = True) -> int:
+        """Start listening (on ``listen_socket`` if given: the node's listening socket,
+        opened by another process); returns the port.  ``accept=False``: do not accept
+        connections, they are handed in with :meth:`take_connection`."""
         threshold = int(self.config.dicom.spool_threshold_mb * 1024 * 1024)
         _config.LOG_HANDLER_LEVEL = "none"          # pynetdicom's own logging can show patient data
         # data sets spill to the archive's tmp directory (SpoolBuffer) instead of a BytesIO
@@ -148,18 +151,42 @@ class StorageReceiver:
         ]
         self.server = ae.make_server((d.host, d.port), evt_handlers=handlers,
                                      server_class=peerguard.GuardedAssociationServer, guard=self.guard,
-                                     tls_context=self._ssl_context())
-        thread = threading.Thread(target=self.server.serve_forever, name="dicom-listener", daemon=True)
-        thread.start()
+                                     tls_context=self._ssl_context(), listen_socket=listen_socket)
+        self._accepting = accept
+        if accept:
+            thread = threading.Thread(target=self.server.serve_forever, name="dicom-listener", daemon=True)
+            thread.start()
         ae._servers.append(self.server)
         port = self.server.server_address[1]
         log.info("DICOM listener on %s:%d (AE %s%s)", self.config.dicom.host, port, self.config.dicom.ae_title,
                  ", TLS" if self.config.dicom.tls else "")
         return port
 
+    def take_connection(self, sock: Any) -> None:
+        """Serve a connection another process accepted (what the accept loop does with
+        its own: admission by the guard, then the association in its own thread)."""
+        try:
+            address = sock.getpeername()
+        except OSError:
+            sock.close()
+            return
+        server = self.server
+        if server is None or not server.verify_request(sock, address):
+            sock.close()
+            return
+        try:
+            server.process_request(sock, address)
+        except Exception:  # noqa: BLE001 - one connection, not the receiver
+            server.handle_error(sock, address)
+            server.shutdown_request(sock)
+
     def stop(self) -> None:
         if self.server is not None:
-            self.server.shutdown()
+            if self._accepting:
+                self.server.shutdown()
+            else:
+                self.server.server_close()
+                self.server.ae._servers.remove(self.server)
             self.server = None
 
     # -- association ----------------------------------------------------------------------

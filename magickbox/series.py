@@ -11,11 +11,15 @@ rename), so a reader never sees a half-written record.  Records are derived data
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import threading
 import time
+import zlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from pydicom.multival import MultiValue
 
@@ -82,7 +86,9 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
 class SeriesRecords:
     """Keeps the series records of ``<data>/views/raw`` current.  Thread-safe."""
 
-    def __init__(self, layout: DataLayout, rules: ClassifyRules, write_interval: float = 0.5):
+    def __init__(self, layout: DataLayout, rules: ClassifyRules, write_interval: float = 0.5, shared: bool = False):
+        """``shared``: other processes (the node's other receivers) update the same
+        records; every write then merges ``NumFiles`` with the file under a lock."""
         self.root = layout.series_views
         make_private_dir(self.root.parent)
         make_private_dir(self.root)
@@ -93,6 +99,9 @@ class SeriesRecords:
         self._dirty: set[tuple[str, str]] = set()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
+        self.shared = shared
+        self._unwritten_files: dict[tuple[str, str], int] = {}   # NumFiles counted since the last write
+        self._lock_fd: int | None = None
 
     def path(self, study: str, series: str) -> Path:
         return self.root / study / f"{series}.json"
@@ -126,6 +135,7 @@ class SeriesRecords:
             is_new = key not in self._written
             if new_file:
                 record["NumFiles"] = str(int(record.get("NumFiles", "0") or 0) + 1)
+                self._unwritten_files[key] = self._unwritten_files.get(key, 0) + 1
             before = record.get("ClassifyType")
             record["ClassifyType"] = self.rules.evaluate(record, instance_lookup(dataset))
             self._records[key] = record
@@ -139,10 +149,29 @@ class SeriesRecords:
 
     def _write(self, key: tuple[str, str], record: dict[str, Any], now: float) -> None:
         (self.root / key[0]).mkdir(mode=DIR_MODE, exist_ok=True)
-        _write_json_atomic(self.path(*key), record)
+        added = self._unwritten_files.pop(key, 0)
+        if self.shared:
+            with self._cross_process_lock(zlib.crc32("/".join(key).encode()) % 1024):   # same in every process
+                on_disk = self._load(*key)
+                if on_disk is not None:
+                    record["NumFiles"] = str(int(on_disk.get("NumFiles", "0") or 0) + added)
+                _write_json_atomic(self.path(*key), record)
+        else:
+            _write_json_atomic(self.path(*key), record)
         self._written[key] = now
         with self._guard:
             self._dirty.discard(key)
+
+    @contextlib.contextmanager
+    def _cross_process_lock(self, slot: int) -> Iterator[None]:
+        with self._guard:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self.root / ".records.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX, 1, slot)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, slot)
 
     def flush(self, study: str | None = None) -> None:
         """Write every record with unwritten changes (of one study, or all)."""

@@ -1,9 +1,13 @@
 """Durable DICOM archive: ``<data>/archive/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``.
 
-Every instance is written to a temporary file in ``<data>/tmp`` (same filesystem),
-fsync'd, renamed into the archive and the directory fsync'd **before** the caller
-acknowledges it; a crash leaves at most a ``*.part`` file in ``tmp/`` (removed at the
-next start), never a partial file in the archive.  Instances are streamed: a
+Every instance is written to an anonymous file in its series directory (``O_TMPFILE``),
+fsync'd, linked under its name (``linkat``, which never replaces a file) and the
+directory fsync'd **before** the caller acknowledges it; a crash leaves nothing of it.
+Where the filesystem or the process's privileges do not allow that (linking an
+anonymous file needs CAP_DAC_READ_SEARCH), the file is a ``*.part`` file in
+``<data>/tmp`` (same filesystem), renamed into the archive instead; a crash leaves at
+most that ``*.part`` file (removed at the next start), never a partial file in the
+archive.  Instances are streamed: a
 :class:`SpoolBuffer` keeps a received data set in memory up to a threshold and spills
 the rest to a temporary file, and the archive copies spilled data with the kernel
 (``os.copy_file_range``/``sendfile``), so a 200 MB instance never sits in memory.
@@ -30,17 +34,21 @@ the node's user and group: files ``0640`` (:data:`FILE_MODE`), directories ``075
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import enum
 import errno
+import fcntl
 import io
 import os
 import struct
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from stability_collector.core.fsutil import fsync_dir
 
@@ -279,6 +287,26 @@ def _copy_file(src_fd: int, dst_fd: int, size: int) -> None:
         offset += n
 
 
+#: linkat(AT_EMPTY_PATH) errors that mean "never possible here" (no CAP_DAC_READ_SEARCH:
+#: ENOENT or EPERM); any other error is the archive's (e.g. ENOSPC) and is raised
+_CANNOT_LINK_ANONYMOUS = (errno.EPERM, errno.ENOENT, errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL)
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_libc: ctypes.CDLL | None = None
+
+
+def _link_anonymous(fd: int, path: Path) -> None:
+    """``linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH)``: give the ``O_TMPFILE`` file
+    ``fd`` the name ``path`` (never replaces: FileExistsError if it exists).  Needs
+    CAP_DAC_READ_SEARCH; OSError (EPERM, ENOENT ...) otherwise."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(path))
+
+
 def read_stored_meta(fh: BinaryIO) -> tuple[int, str, str]:
     """(offset of the data set, transfer syntax UID, source AE title) of an archived
     file, from the File Meta Information this module wrote; raises ValueError otherwise."""
@@ -354,6 +382,8 @@ class DicomArchive:
         self._known_dirs: set[Path] = set()
         self._dir_lock = threading.Lock()
         self._locks = [threading.Lock() for _ in range(64)]
+        self._lock_fd: int | None = None
+        self._anonymous = hasattr(os, "O_TMPFILE")    # see _open_new
 
     def remove_partial_files(self) -> int:
         """Delete ``*.part`` leftovers of a crash (never in the archive itself)."""
@@ -393,8 +423,7 @@ class DicomArchive:
         self._ensure_dir(directory)
         final = directory / f"{sop}.dcm"
         size = len(header) + (body.size if isinstance(body, SpoolBuffer) else len(body))
-        tmp = self.tmp / f"{sop}.{uuid.uuid4().hex}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        fd, tmp = self._open_new(directory, sop)
         try:
             if isinstance(body, SpoolBuffer) and body.spilled:
                 _write_all(fd, [header])
@@ -406,16 +435,67 @@ class DicomArchive:
                 _write_all(fd, [header, body])
             if self.fsync:
                 os.fsync(fd)
+            if tmp is None:                   # anonymous file: give it its name, or learn it exists
+                try:
+                    _link_anonymous(fd, final)
+                except FileExistsError:
+                    tmp = self._name_anonymous(fd, sop)
+                except OSError as exc:
+                    if exc.errno not in _CANNOT_LINK_ANONYMOUS:
+                        raise
+                    self._anonymous = False   # this filesystem or process cannot link it: named files
+                    tmp = self._name_anonymous(fd, sop)
+                else:
+                    if self.fsync:
+                        fsync_dir(directory, strict=True)
+                    return StoredInstance(final, StoreOutcome.NEW, size)
         except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
             raise
-        os.close(fd)
-        lock = self._locks[hash(final) % len(self._locks)]
-        with lock:
+        finally:
+            os.close(fd)
+        return self._place(tmp, final, directory, sop, header, body, sender, size)
+
+    def _open_new(self, directory: Path, sop: str) -> tuple[int, Path | None]:
+        """A file to write a new instance to: an anonymous one in its series directory
+        (``O_TMPFILE``; named by :func:`_link_anonymous` once complete; a crash leaves
+        nothing) where the filesystem allows, else ``tmp/<sop>.<random>.part``."""
+        if self._anonymous:
+            try:
+                return os.open(directory, os.O_RDWR | os.O_TMPFILE, FILE_MODE), None
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):   # no O_TMPFILE here
+                    raise
+                self._anonymous = False
+        tmp = self.tmp / f"{sop}.{uuid.uuid4().hex}.part"
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
+
+    def _name_anonymous(self, fd: int, sop: str) -> Path:
+        """Give an anonymous file a ``tmp/*.part`` name (the rare duplicate path)."""
+        tmp = self.tmp / f"{sop}.{uuid.uuid4().hex}.part"
+        try:
+            _link_anonymous(fd, tmp)
+        except OSError:                       # cannot link at all: copy it
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                _copy_file(fd, out, os.fstat(fd).st_size)
+                if self.fsync:
+                    os.fsync(out)
+            finally:
+                os.close(out)
+        return tmp
+
+    def _place(self, tmp: Path, final: Path, directory: Path, sop: str, header: bytes, body: SpoolBuffer | bytes,
+               sender: str, size: int) -> StoredInstance:
+        """Move a complete, fsync'd ``tmp`` file to ``final``, applying the duplicate and
+        replace rules under a lock that also holds against the node's other receiving
+        processes (a POSIX record lock on ``tmp/archive.lock``)."""
+        slot = zlib.crc32(final.name.encode()) % len(self._locks)   # the same in every process (hash() is not)
+        with self._locks[slot], self._cross_process_lock(slot):
             outcome = StoreOutcome.NEW
             if final.exists():
                 verdict = self._compare(final, header, body, sender)
@@ -432,6 +512,17 @@ class DicomArchive:
             if self.fsync:
                 fsync_dir(directory, strict=True)
         return StoredInstance(final, outcome, size)
+
+    @contextlib.contextmanager
+    def _cross_process_lock(self, slot: int) -> Iterator[None]:
+        with self._dir_lock:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self.tmp / "archive.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fcntl.lockf(self._lock_fd, fcntl.LOCK_EX, 1, slot)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, slot)
 
     def _compare(self, final: Path, header: bytes, body: SpoolBuffer | bytes, sender: str) -> StoreOutcome:
         """IDENTICAL (same data set in the same transfer syntax), REPLACED (different and

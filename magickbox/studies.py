@@ -76,6 +76,7 @@ class StudyTracker:
         self.deliveries = archive.layout.deliveries
         make_private_dir(self.deliveries)
         self._manifests: dict[str, int] = {}             # pending key -> open delivery list
+        self._tokens: dict[str, str] = {}                # pending key -> token of that list
         self._unsynced: set[str] = set()                 # keys with appended, unsynced lines
         self._lock = threading.Lock()
         self._known: set[str] = set()                     # pending keys with a durable row
@@ -98,9 +99,15 @@ class StudyTracker:
                                                   new_association=first_in_assoc, manifest=uuid.uuid4().hex)
                 keys.add(key)
                 self._known.add(key)
-                if key not in self._manifests and manifest:
+                if manifest and self._tokens.get(key) != manifest:
+                    # a new pending row (or, with several receiving processes, another
+                    # process completed the one whose list is open here): its own list
+                    old = self._manifests.pop(key, None)
+                    if old is not None:
+                        os.close(old)
                     self._manifests[key] = os.open(self._manifest_path(manifest),
                                                    os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+                    self._tokens[key] = manifest
         return key
 
     def _manifest_path(self, token: str) -> Path:
@@ -131,8 +138,22 @@ class StudyTracker:
         with self._lock:
             keys = self._assoc_keys.pop(assoc, set())
             self._flush_locked()
+            carried = set().union(*self._assoc_keys.values()) if self._assoc_keys else set()
+            for key in keys - carried:           # synced above; reopened by the next association
+                fd = self._manifests.pop(key, None)
+                self._tokens.pop(key, None)
+                if fd is not None:
+                    os.close(fd)
         if keys:
             self.db.association_ended(keys, self.clock())
+
+    def flush(self) -> None:
+        """Make what the receive side recorded durable: delivery lists fdatasync'd, the
+        times and counts of arriving instances written to the pending rows (the
+        completion check does this itself; a receiving process without one calls this
+        periodically)."""
+        with self._lock:
+            self._flush_locked()
 
     def _flush_locked(self) -> None:
         for key in self._unsynced:
@@ -155,6 +176,7 @@ class StudyTracker:
                 if p.manifest and p.key not in self._manifests:
                     self._manifests[p.key] = os.open(self._manifest_path(p.manifest),
                                                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+                    self._tokens[p.key] = p.manifest
         referenced = {f"{p.manifest}.lst" for p in pending if p.manifest}
         for leftover in self.deliveries.glob("*.lst"):
             if leftover.name not in referenced:          # its job was created; crash before the unlink
@@ -218,11 +240,16 @@ class StudyTracker:
 
     def _finish_manifest(self, p: PendingStudy) -> None:
         fd = self._manifests.pop(p.key, None)
+        self._tokens.pop(p.key, None)
         self._unsynced.discard(p.key)
         if fd is not None:
             os.close(fd)
         if p.manifest:
             self._manifest_path(p.manifest).unlink(missing_ok=True)
+
+    def _still_pending(self, p: PendingStudy) -> bool:
+        row = self.db.execute("SELECT manifest FROM pending_studies WHERE key = ?", (p.key,)).fetchone()
+        return row is not None and row[0] == p.manifest
 
     def _complete(self, p: PendingStudy, now: float) -> Job | None:
         if not self.makes_jobs(p.called_ae):
@@ -247,6 +274,8 @@ class StudyTracker:
             series_count, count = len(series_uids), len(delivered)
             classification = {k: v for k, v in classification.items() if k in series_uids}
         job = self.db.complete_study(p, now, series_count, count, classification, instances)
+        if job is None and self._still_pending(p):
+            return None           # another receiving process took more of it meanwhile: not complete
         self._finish_manifest(p)
         if job is None:
             log.warning("pending study#%s for %s from %s had no archived instance; dropped",

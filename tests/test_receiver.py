@@ -293,7 +293,7 @@ def test_sigkill_during_send_loses_no_acknowledged_instance(tmp_path):
         node.kill()
         output, _ = sender.communicate(timeout=60)
         acknowledged = acknowledged_files(output)
-        assert 60 <= len(acknowledged) < 300, len(acknowledged)
+        assert 50 <= len(acknowledged) < 300, len(acknowledged)   # the kill may come before the 60th ack
         by_name = {p.name: p for p in node.archived()}
         for src in acknowledged:
             sop = pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID
