@@ -3,8 +3,8 @@
 Every instance is written to an anonymous file in its series directory (``O_TMPFILE``),
 fsync'd, linked under its name (``linkat``, which never replaces a file) and the
 directory fsync'd **before** the caller acknowledges it; a crash leaves nothing of it.
-Where the filesystem or the process's privileges do not allow that (linking an
-anonymous file needs CAP_DAC_READ_SEARCH), the file is a ``*.part`` file in
+Where the filesystem does not allow that (no ``O_TMPFILE``, no ``/proc`` to link
+it through), the file is a ``*.part`` file in
 ``<data>/tmp`` (same filesystem), renamed into the archive instead; a crash leaves at
 most that ``*.part`` file (removed at the next start), never a partial file in the
 archive.  Instances are streamed: a
@@ -287,22 +287,25 @@ def _copy_file(src_fd: int, dst_fd: int, size: int) -> None:
         offset += n
 
 
-#: linkat(AT_EMPTY_PATH) errors that mean "never possible here" (no CAP_DAC_READ_SEARCH:
-#: ENOENT or EPERM); any other error is the archive's (e.g. ENOSPC) and is raised
+#: linkat errors that mean "never possible here" (no /proc, a file system without
+#: O_TMPFILE links ...); any other error is the archive's (e.g. ENOSPC) and is raised
 _CANNOT_LINK_ANONYMOUS = (errno.EPERM, errno.ENOENT, errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL)
 _AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
+_AT_SYMLINK_FOLLOW = 0x400
 _libc: ctypes.CDLL | None = None
 
 
 def _link_anonymous(fd: int, path: Path) -> None:
-    """``linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH)``: give the ``O_TMPFILE`` file
-    ``fd`` the name ``path`` (never replaces: FileExistsError if it exists).  Needs
-    CAP_DAC_READ_SEARCH; OSError (EPERM, ENOENT ...) otherwise."""
+    """``linkat(AT_FDCWD, "/proc/self/fd/<fd>", AT_FDCWD, path, AT_SYMLINK_FOLLOW)``: give
+    the ``O_TMPFILE`` file ``fd`` the name ``path`` (never replaces: FileExistsError if it
+    exists).  The /proc form needs no privilege (``AT_EMPTY_PATH`` would need
+    CAP_DAC_READ_SEARCH); ``os.link`` does not pass AT_SYMLINK_FOLLOW on every build, hence
+    ctypes.  OSError (ENOENT without /proc ...) otherwise."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) != 0:
+    if _libc.linkat(_AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, os.fsencode(path),
+                    _AT_SYMLINK_FOLLOW) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), str(path))
 

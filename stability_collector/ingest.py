@@ -25,7 +25,6 @@ import contextlib
 import datetime as _dt
 import enum
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Sequence
 
 from .archive import ArchiveError, move_without_overwrite, quarantine
+from .core import whisper_check
 from .core.errors import ConfigError
 from .core.graphite import DeliveryError, GraphiteSender
 from .metrics import MetricLayout, ReportMetrics, report_metrics, resolve_timezone
@@ -117,25 +117,10 @@ class IngestSettings:
 
 
 def missing_from_whisper(whisper_dir: Path, metrics: ReportMetrics, timeout: float) -> list[str]:
-    """The metric paths of ``metrics`` whose value is not (yet) in carbon's whisper files
-    under ``whisper_dir`` at the report's time stamp, after polling for up to ``timeout``
-    seconds; empty when everything is there."""
-    from .localgraphite import whisper_value_at
-
-    pending = {path: float(text) for path, text in zip(metrics.paths, metrics.texts)}
-    deadline = time.monotonic() + timeout
-    while True:
-        for path, want in list(pending.items()):
-            wsp = Path(whisper_dir, *path.split(".")).with_suffix(".wsp")
-            try:
-                got = whisper_value_at(wsp, metrics.timestamp) if wsp.exists() else None
-            except Exception:            # carbon is creating the file right now
-                got = None
-            if got is not None and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12):
-                del pending[path]
-        if not pending or time.monotonic() >= deadline:
-            return sorted(pending)
-        time.sleep(0.1)
+    """The metric paths of a report whose value is not (yet) in whisper under
+    ``whisper_dir`` at the report's time, after polling for up to ``timeout`` seconds."""
+    points = ((path, float(text), metrics.timestamp) for path, text in zip(metrics.paths, metrics.texts))
+    return whisper_check.missing_from_whisper(whisper_dir, points, timeout)
 
 
 class Outcome(enum.Enum):

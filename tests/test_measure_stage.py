@@ -248,3 +248,63 @@ def test_a_final_job_is_collected_whenever_it_finished_and_only_once(tmp_path):
     assert restarted.waiting() == 6
     assert restarted.deliver_waiting() == (0, "no Graphite address configured ([graphite] address)")
     db.close()
+
+
+def test_with_verify_whisper_a_measure_counts_as_delivered_only_once_it_is_in_whisper(tmp_path, own_carbon):
+    """Carbon confirms what it has read, not what it has written (a carbon SIGKILLed in
+    between loses it; found by tests/system).  With ``[measures] verify_whisper_dir`` a
+    point stays waiting until it is read back from whisper, and is sent again."""
+    import socket
+    import threading
+
+    from magickbox.buckets import BucketRegistry
+    from magickbox.db import Database
+    from magickbox.layout import DataLayout
+    from magickbox.results.measure_stage import MeasureStage, job_measures, parse_measures_config
+    from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
+
+    forgetful = socket.socket()                  # reads every line and confirms, writes nothing
+    forgetful.bind(("127.0.0.1", 0))
+    forgetful.listen()
+
+    def accept():
+        while True:
+            try:
+                conn, _ = forgetful.accept()
+            except OSError:
+                return
+            while conn.recv(65536):
+                pass
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    layout = DataLayout.of(tmp_path / "data")
+    layout.root.mkdir()
+    db = Database(layout.database)
+    files = make_study(tmp_path / "study", 1, StationName="VERIFY1", AcquisitionDate="20230102",
+                       AcquisitionTime="030405", **PATIENT)
+    job = db.create_job("ProcMeas", "SCANNER", "127.0.0.1", "1.2.3", "dicom", time.time(), 1, 1, {})
+    jobdir = layout.job_dir(job.id)
+    (jobdir / "input" / "series").mkdir(parents=True)
+    files[0].rename(jobdir / "input" / "series" / "a.dcm")
+    (jobdir / "result" / "output").mkdir(parents=True)
+    (jobdir / "result" / "output" / "measures.json").write_text(json.dumps(GOOD))
+    db.commit_result(job.id, "success", "", 0, None, time.time(), "w", 0)
+    config = parse_measures_config({"timezone": "UTC", "verify_whisper_dir": str(own_carbon.whisper_dir),
+                                    "verify_timeout": 1})
+    stage = MeasureStage(layout, db, BucketRegistry(layout.buckets), config, None)
+    stage.sender = GraphiteSender(GraphiteAddress("127.0.0.1", forgetful.getsockname()[1]), timeout=5)
+    assert stage.collect_new() == 1
+    delivered, error = stage.deliver_waiting()
+    forgetful.close()
+    assert delivered == 0 and "not in whisper" in error, error
+    assert stage.waiting() == 2 and not any(m["delivered"] for m in job_measures(db, job.id)[0])
+    stage.sender = GraphiteSender(GraphiteAddress.parse(own_carbon.line_address), timeout=5)
+    stage.config = parse_measures_config({"timezone": "UTC", "verify_whisper_dir": str(own_carbon.whisper_dir),
+                                          "verify_timeout": 30})
+    assert stage.deliver_waiting() == (2, "")
+    epoch = int(dt.datetime(2023, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc).timestamp())
+    snr = own_carbon.whisper_dir / "hops/measures/ProcMeas/VERIFY1/snr.wsp"
+    assert whisper_value_at(snr, epoch) == GOOD["measures"][0]["value"]     # there when marked delivered
+    assert all(m["delivered"] for m in job_measures(db, job.id)[0])
+    db.close()

@@ -40,6 +40,7 @@ import pydicom
 
 from stability_collector.core.errors import ConfigError
 from stability_collector.core.graphite import DeliveryError, GraphiteAddress, GraphiteSender, sanitize_node
+from stability_collector.core.whisper_check import missing_from_whisper
 from stability_collector.metrics import resolve_timezone
 
 from ..model import ACTIVE_STATUSES, JobStatus
@@ -105,6 +106,11 @@ class MeasuresConfig:
         serial_aliases = {}        # DeviceSerialNumber -> alias, e.g. {"166012" = "prisma1"}
         interval = 1               # seconds between passes (collect new jobs' measures)
         retry_interval = 10        # seconds between delivery attempts while carbon is down
+        verify_whisper_dir = ""    # carbon's whisper directory, when carbon runs on this
+                                   # host: a point counts as delivered only once it is read
+                                   # back from whisper (carbon confirms what it has read,
+                                   # not what it has written; a killed carbon loses that)
+        verify_timeout = 15        # seconds to wait for the read-back before sending again
     """
 
     timezone: str = ""
@@ -114,6 +120,8 @@ class MeasuresConfig:
     serial_aliases: Mapping[str, str] = field(default_factory=dict)
     interval: float = 1.0
     retry_interval: float = 10.0
+    verify_whisper_dir: str = ""
+    verify_timeout: float = 15.0
 
     @property
     def tz(self) -> dt.tzinfo | None:
@@ -186,7 +194,9 @@ def parse_measures_config(table: Any, key: str = "measures") -> MeasuresConfig:
                for serial, name in raw_aliases.items()}
     return MeasuresConfig(timezone, subject, alias, salt, aliases,
                           _number(f"{key}.interval", table.get("interval", 1.0), 0.05),
-                          _number(f"{key}.retry_interval", table.get("retry_interval", 10.0), 0.1))
+                          _number(f"{key}.retry_interval", table.get("retry_interval", 10.0), 0.1),
+                          _string(f"{key}.verify_whisper_dir", table.get("verify_whisper_dir", "")),
+                          _number(f"{key}.verify_timeout", table.get("verify_timeout", 15.0), 0.1))
 
 
 def parse_bucket_measures(value: Any, key: str = "measures") -> BucketMeasures:
@@ -453,23 +463,30 @@ class MeasureStage:
                 "SELECT DISTINCT job_id FROM measure_points WHERE delivered IS NULL ORDER BY job_id LIMIT 500")]
             if not jobs:
                 return delivered, ""
-            batch: list[int] = []
-            lines: list[str] = []
+            points: list[tuple[int, str, float, int]] = []
             for job_id in jobs:
                 rows = self.db.execute("SELECT path, value, time FROM measure_points WHERE job_id = ?"
                                        " AND delivered IS NULL", (job_id,)).fetchall()
-                lines += [f"{p} {float(v)!r} {int(t)}" for p, v, t in rows]
-                batch.append(job_id)
-                if len(lines) >= _BATCH_LINES:
+                points += [(job_id, p, float(v), int(t)) for p, v, t in rows]
+                if len(points) >= _BATCH_LINES:
                     break
             try:
-                self.sender.deliver("\n".join(lines) + "\n")
+                self.sender.deliver("".join(f"{p} {v!r} {t}\n" for _job, p, v, t in points))
             except DeliveryError as exc:
                 return delivered, str(exc)
+            missing: set[str] = set()
+            if self.config.verify_whisper_dir:
+                missing = set(missing_from_whisper(Path(self.config.verify_whisper_dir),
+                                                   [(p, v, t) for _job, p, v, t in points], self.config.verify_timeout))
             now = time.time()
-            self.db.transaction([("UPDATE measure_points SET delivered = ? WHERE job_id = ? AND delivered IS NULL",
-                          (now, job_id)) for job_id in batch])
-            delivered += len(lines)
+            done = [(job_id, path) for job_id, path, _v, _t in points if path not in missing]
+            self.db.transaction([("UPDATE measure_points SET delivered = ? WHERE job_id = ? AND path = ?"
+                                  " AND delivered IS NULL", (now, job_id, path)) for job_id, path in done])
+            delivered += len(done)
+            if missing:
+                return delivered, (f"carbon confirmed, but {len(missing)} datapoint(s) are not in whisper under "
+                                   f"{self.config.verify_whisper_dir} after {self.config.verify_timeout:g} s "
+                                   f"(e.g. {min(missing)}); they are sent again")
 
     def waiting(self) -> int:
         """Points waiting for carbon's confirmation."""

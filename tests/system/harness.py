@@ -118,7 +118,10 @@ class PipelineSystem:
                                   "AETitleTo": "PACS", "retry": {"count": 100, "backoff": 1}}}]}]}))
         self.node = MagickboxProcess(self.data, quiet_seconds=1, extra_args=["--no-worker"], config={
             "gearman": {"servers": [self.gearmand.address], "resubmit_after": 3},
-            "graphite": {"address": self.graphite.line_address, "interval": 2}})
+            "graphite": {"address": self.graphite.line_address, "interval": 2},
+            # carbon runs on this host: a measure counts as delivered once read back from
+            # whisper (a carbon killed after confirming would otherwise lose it)
+            "measures": {"verify_whisper_dir": str(self.graphite.whisper_dir), "retry_interval": 1}})
         self.node.start()
         self.start_worker()
         self.reports_dir.mkdir(parents=True, exist_ok=True)
