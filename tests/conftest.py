@@ -46,6 +46,33 @@ def own_carbon(tmp_path):
 
 
 @pytest.fixture
+def forgetful_carbon():
+    """The port of a plaintext listener that reads every line and confirms it (closes the
+    connection cleanly) but writes nothing: what a carbon-cache killed after reading a
+    batch and before writing it looks like to a sender."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            while conn.recv(65536):
+                pass
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+@pytest.fixture
 def scanner_name(request) -> str:
     """A scanner name unique to the test, so tests can share one carbon."""
     name = request.node.name.replace("[", "_").replace("]", "").replace("-", "_")

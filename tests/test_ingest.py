@@ -350,35 +350,19 @@ def test_a_held_report_is_sent_by_the_watcher_once_its_time_has_passed(graphite,
     assert_in_whisper(graphite, directory / "ingested" / report.name, scanner_name, "UTC")
 
 
-def test_with_verify_whisper_a_report_is_archived_only_once_its_datapoints_are_in_whisper(own_carbon, tmp_path):
+def test_with_verify_whisper_a_report_is_archived_only_once_its_datapoints_are_in_whisper(own_carbon, tmp_path,
+                                                                                          forgetful_carbon):
     """Carbon confirms a batch when it has read it, not when it has written it: a carbon
     SIGKILLed in between loses the points of an archived report (found by tests/system).
     With ``verify_whisper_dir`` the report is archived only after every datapoint is read
     back from whisper; otherwise it stays and is sent again."""
-    import socket
-    forgetful = socket.socket()                  # reads every line and confirms, writes nothing
-    forgetful.bind(("127.0.0.1", 0))
-    forgetful.listen()
-
-    def accept():
-        while True:
-            try:
-                conn, _ = forgetful.accept()
-            except OSError:
-                return
-            while conn.recv(65536):
-                pass
-            conn.close()
-
-    threading.Thread(target=accept, daemon=True).start()
     directory = tmp_path / "bay"
     report = good_reference_reports()[0]
     copy_reports([report], directory)
     settings = IngestSettings(settle_seconds=0, verify_whisper_dir=own_carbon.whisper_dir, verify_timeout=2)
     ingestor = Ingestor([ScannerSource("bay", directory, "UTC")], settings,
-                        GraphiteSender(GraphiteAddress("127.0.0.1", forgetful.getsockname()[1]), timeout=5))
+                        GraphiteSender(GraphiteAddress("127.0.0.1", forgetful_carbon), timeout=5))
     summary = ingestor.run_pass()
-    forgetful.close()
     assert summary.count(Outcome.UNDELIVERED) == 1, summary.line()
     assert "not in whisper" in summary.results[0].detail
     assert (directory / report.name).exists() and not (directory / "ingested").exists()

@@ -36,6 +36,23 @@ GOOD = {"version": 1, "measures": [{"name": "snr", "value": 101.5, "unit": "", "
                                    {"name": "slice.03.sfnr", "value": 88.0, "unit": "%"}]}
 
 
+def finished_job(layout, db, folder, station: str, status: str | None = "success") -> int:
+    """A job of bucket ProcMeas whose input is one instance of ``station`` (acquired
+    2023-01-02 03:04:05) and whose output has the GOOD measures.json; committed with
+    ``status`` (None: left running)."""
+    files = make_study(folder / station, 1, StationName=station, AcquisitionDate="20230102",
+                       AcquisitionTime="030405", **PATIENT)
+    job = db.create_job("ProcMeas", "SCANNER", "127.0.0.1", "1.2.3", "dicom", time.time(), 1, 1, {})
+    jobdir = layout.job_dir(job.id)
+    (jobdir / "input" / "series").mkdir(parents=True)
+    files[0].rename(jobdir / "input" / "series" / "a.dcm")
+    (jobdir / "result" / "output").mkdir(parents=True)
+    (jobdir / "result" / "output" / "measures.json").write_text(json.dumps(GOOD))
+    if status is not None:
+        db.commit_result(job.id, status, "", 0, None, time.time(), "w", 0)
+    return job.id
+
+
 def node_config(carbon_address: str, **measures) -> dict:
     return {"graphite": {"address": carbon_address, "interval": 60},
             "measures": {"timezone": "Europe/Berlin", "interval": 0.2, "retry_interval": 0.5, **measures}}
@@ -214,27 +231,14 @@ def test_a_final_job_is_collected_whenever_it_finished_and_only_once(tmp_path):
     registry = BucketRegistry(layout.buckets)
     config = parse_measures_config({"timezone": "UTC"})
 
-    def finished_job(station: str) -> int:
-        files = make_study(tmp_path / station, 1, StationName=station, AcquisitionDate="20230102",
-                           AcquisitionTime="030405", **PATIENT)
-        job = db.create_job("ProcMeas", "SCANNER", "127.0.0.1", "1.2.3", "dicom", time.time(), 1, 1, {})
-        jobdir = layout.job_dir(job.id)
-        (jobdir / "input" / "series").mkdir(parents=True)
-        files[0].rename(jobdir / "input" / "series" / "a.dcm")
-        (jobdir / "result" / "output").mkdir(parents=True)
-        (jobdir / "result" / "output" / "measures.json").write_text(json.dumps(GOOD))
-        return job.id
-
-    first, second = finished_job("A1"), finished_job("B2")
-    db.commit_result(second, "success", "", 0, None, time.time(), "w", 0)
+    first = finished_job(layout, db, tmp_path, "A1", None)
+    second = finished_job(layout, db, tmp_path, "B2")
     stage = MeasureStage(layout, db, registry, config, None)
     assert stage.collect_new() == 1
     db.commit_result(first, "success", "", 0, None, time.time(), "w", 0)   # finishes after the later job
     assert stage.collect_new() == 1 and stage.collect_new() == 0
-    third = finished_job("C3")
-    failed = finished_job("D4")
-    db.commit_result(third, "partial", "", 0, None, time.time(), "w", 0)
-    db.commit_result(failed, "failed", "", 1, None, time.time(), "w", 0)   # then the node dies
+    third = finished_job(layout, db, tmp_path, "C3", "partial")
+    failed = finished_job(layout, db, tmp_path, "D4", "failed")   # then the node dies
     restarted = MeasureStage(layout, db, registry, config, None)
     assert restarted.collect_new() == 2 and restarted.collect_new() == 0
     assert job_measures(db, failed) == ([], f"job {failed}: output/measures.json: not sent because the job ended "
@@ -250,55 +254,29 @@ def test_a_final_job_is_collected_whenever_it_finished_and_only_once(tmp_path):
     db.close()
 
 
-def test_with_verify_whisper_a_measure_counts_as_delivered_only_once_it_is_in_whisper(tmp_path, own_carbon):
+def test_with_verify_whisper_a_measure_counts_as_delivered_only_once_it_is_in_whisper(tmp_path, own_carbon,
+                                                                                       forgetful_carbon):
     """Carbon confirms what it has read, not what it has written (a carbon SIGKILLed in
     between loses it; found by tests/system).  With ``[measures] verify_whisper_dir`` a
     point stays waiting until it is read back from whisper, and is sent again."""
-    import socket
-    import threading
-
     from magickbox.buckets import BucketRegistry
     from magickbox.db import Database
     from magickbox.layout import DataLayout
     from magickbox.results.measure_stage import MeasureStage, job_measures, parse_measures_config
     from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
 
-    forgetful = socket.socket()                  # reads every line and confirms, writes nothing
-    forgetful.bind(("127.0.0.1", 0))
-    forgetful.listen()
-
-    def accept():
-        while True:
-            try:
-                conn, _ = forgetful.accept()
-            except OSError:
-                return
-            while conn.recv(65536):
-                pass
-            conn.close()
-
-    threading.Thread(target=accept, daemon=True).start()
     layout = DataLayout.of(tmp_path / "data")
     layout.root.mkdir()
     db = Database(layout.database)
-    files = make_study(tmp_path / "study", 1, StationName="VERIFY1", AcquisitionDate="20230102",
-                       AcquisitionTime="030405", **PATIENT)
-    job = db.create_job("ProcMeas", "SCANNER", "127.0.0.1", "1.2.3", "dicom", time.time(), 1, 1, {})
-    jobdir = layout.job_dir(job.id)
-    (jobdir / "input" / "series").mkdir(parents=True)
-    files[0].rename(jobdir / "input" / "series" / "a.dcm")
-    (jobdir / "result" / "output").mkdir(parents=True)
-    (jobdir / "result" / "output" / "measures.json").write_text(json.dumps(GOOD))
-    db.commit_result(job.id, "success", "", 0, None, time.time(), "w", 0)
+    job_id = finished_job(layout, db, tmp_path, "VERIFY1")
     config = parse_measures_config({"timezone": "UTC", "verify_whisper_dir": str(own_carbon.whisper_dir),
                                     "verify_timeout": 1})
     stage = MeasureStage(layout, db, BucketRegistry(layout.buckets), config, None)
-    stage.sender = GraphiteSender(GraphiteAddress("127.0.0.1", forgetful.getsockname()[1]), timeout=5)
+    stage.sender = GraphiteSender(GraphiteAddress("127.0.0.1", forgetful_carbon), timeout=5)
     assert stage.collect_new() == 1
     delivered, error = stage.deliver_waiting()
-    forgetful.close()
     assert delivered == 0 and "not in whisper" in error, error
-    assert stage.waiting() == 2 and not any(m["delivered"] for m in job_measures(db, job.id)[0])
+    assert stage.waiting() == 2 and not any(m["delivered"] for m in job_measures(db, job_id)[0])
     stage.sender = GraphiteSender(GraphiteAddress.parse(own_carbon.line_address), timeout=5)
     stage.config = parse_measures_config({"timezone": "UTC", "verify_whisper_dir": str(own_carbon.whisper_dir),
                                           "verify_timeout": 30})
@@ -306,5 +284,5 @@ def test_with_verify_whisper_a_measure_counts_as_delivered_only_once_it_is_in_wh
     epoch = int(dt.datetime(2023, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc).timestamp())
     snr = own_carbon.whisper_dir / "hops/measures/ProcMeas/VERIFY1/snr.wsp"
     assert whisper_value_at(snr, epoch) == GOOD["measures"][0]["value"]     # there when marked delivered
-    assert all(m["delivered"] for m in job_measures(db, job.id)[0])
+    assert all(m["delivered"] for m in job_measures(db, job_id)[0])
     db.close()
