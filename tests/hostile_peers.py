@@ -73,6 +73,8 @@ def read_answer(sock: socket.socket, timeout: float) -> Answer:
             closed_after = time.monotonic() - started
             break
         data += chunk
+        if _complete_response(data):
+            break
     answer = Answer([], closed_after)
     pos = 0
     while pos + 6 <= len(data):

@@ -430,3 +430,109 @@ def test_the_strace_audit_sees_a_write_outside_the_data_directory(tmp_path):
     assert str(cwd / "inside-cwd.txt") in paths and str(tmp_path / "moved.txt") in paths
     assert str(data / "ok.txt") in paths
     assert ("unlink", str(tmp_path / "moved.txt"), "0") in changes
+
+
+def test_check_complete_accepts_every_valid_data_set_and_refuses_every_cut_one():
+    """The completeness check must never refuse a real data set: every file pydicom ships
+    (implicit/explicit VR, big endian, sequences of undefined length, encapsulated JPEG,
+    JPEG-LS, JPEG 2000, RLE pixel data) passes as its C-STORE data set; cut by one byte
+    or five bytes, each is refused; one sent in the other little endian VR encoding passes."""
+    import glob
+
+    from pydicom.data import get_testdata_file
+
+    from magickbox.dicomio import HeaderError, check_complete
+    checked = 0
+    for path in sorted(glob.glob(str(Path(get_testdata_file("MR_small.dcm")).parent / "*.dcm"))):
+        try:
+            ds = pydicom.dcmread(path)
+            syntax = str(ds.file_meta.TransferSyntaxUID)
+            if syntax == "1.2.840.10008.1.2.1.99":
+                continue
+            body = encode(ds, syntax == "1.2.840.10008.1.2", syntax != "1.2.840.10008.1.2.2")
+        except Exception:  # noqa: BLE001 - files pydicom itself cannot re-encode are not data sets we get
+            continue
+        if body is None or len(body) < 16:
+            continue
+        check_complete(body, syntax)
+        for cut in (body[:-1], body[:-5]):            # inside the last element (a cut between two
+            #                                         elements is a shorter data set, not a broken one)
+            try:
+                check_complete(cut, syntax)
+            except HeaderError:
+                continue
+            raise AssertionError(f"{Path(path).name}: a cut data set passed")
+        checked += 1
+    assert checked > 50, checked
+    explicit = encode(pydicom.dcmread(get_testdata_file("MR_small.dcm")), False, True)
+    check_complete(explicit, "1.2.840.10008.1.2")            # explicit VR sent on an implicit VR context
+
+
+FUZZ_DATA_SETS = int(os.environ.get("HOPS_DICOM_FUZZ_CASES", "150"))
+ANSWERABLE = {0x0000, 0xC210, 0xC220, 0xC221}
+
+
+def mutate_data_set(body: bytes, rng) -> bytes:
+    """A randomly damaged data set: flipped bytes, a corrupted length field, a cut, an
+    inserted element header, a duplicated or dropped span."""
+    data = bytearray(body)
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.randrange(6)
+        at = rng.randrange(len(data)) if data else 0
+        if kind == 0:
+            data[at] = rng.randrange(256)
+        elif kind == 1:                              # a length field somewhere in the header
+            at = rng.randrange(min(len(data), 2000)) & ~3
+            data[at:at + 4] = struct.pack("<I", rng.choice([0, 1, 0xFFFFFFFF, 0x7FFFFFFF, rng.randrange(1 << 20)]))
+        elif kind == 2:
+            del data[at:]
+        elif kind == 3:
+            data[at:at] = struct.pack("<HHI", rng.randrange(1 << 16), rng.randrange(1 << 16), rng.randrange(1 << 12))
+        elif kind == 4:
+            data[at:at] = data[at:at + rng.randrange(1, 200)]
+        else:
+            del data[at:at + rng.randrange(1, 200)]
+    return bytes(data)
+
+
+def test_randomly_damaged_data_sets_over_the_wire_get_a_status(tmp_path):
+    """HOPS_DICOM_FUZZ_CASES (default 150) damaged data sets on one association: each gets a
+    C-STORE status (never an abort, never silence), the node's log has no traceback, only
+    data sets that still walk to their end are archived, and a scanner's study still goes in."""
+    import random
+    data = tmp_path / "node"
+    write_bucket(data / "buckets", "ProcQA")
+    node = MagickboxProcess(data, quiet_seconds=0.5, config={"data_dir": str(data), "worker": {"enabled": False}})
+    rng = random.Random(int(os.environ.get("HOPS_DICOM_FUZZ_SEED", "11")))
+    sample = pydicom.dcmread(make_study(tmp_path / "sample", 1)[0])
+    statuses: dict[int, int] = {}
+    problems = []
+    node.start()
+    try:
+        assoc = RawAssociation(node.dicom_port, "127.0.60.1")
+        for n in range(FUZZ_DATA_SETS):
+            ds = copy.deepcopy(sample)
+            ds.SOPInstanceUID = f"{sample.SOPInstanceUID}.{n + 1}"[:64]
+            damaged = mutate_data_set(encode(ds, True, True), rng)
+            answer = assoc.c_store(MR, str(ds.SOPInstanceUID), damaged, timeout=30)
+            if answer.status not in ANSWERABLE or answer.aborted or answer.closed_after is not None:
+                problems.append(f"case {n}: {answer.describe()}")
+                assoc = RawAssociation(node.dicom_port, "127.0.60.1")
+            else:
+                statuses[answer.status] = statuses.get(answer.status, 0) + 1
+        assoc.release()
+        storescu(node.dicom_port, "ProcQA", make_study(tmp_path / "after", 3))
+        archived = node.archived()
+    finally:
+        node.stop()
+    print(f"\n{FUZZ_DATA_SETS} damaged data sets: " + ", ".join(f"0x{k:04X}: {v}" for k, v in sorted(statuses.items())))
+    assert not problems, problems[:10]
+    assert statuses.get(0xC210, 0) > 10, statuses             # the damage is mostly noticed
+    from magickbox.dicomio import check_complete
+    for path in archived:                                      # what was taken walks to its end
+        with open(path, "rb") as fh:
+            meta = pydicom.dcmread(fh, stop_before_pixels=True)
+        check_complete(path.read_bytes()[132 + 12 + meta.file_meta.FileMetaInformationGroupLength:],
+                       str(meta.file_meta.TransferSyntaxUID))
+    log = node.log()
+    assert "Traceback" not in log and "Warning:" not in log, log[-3000:]
