@@ -112,9 +112,10 @@ class PeerClosed(Exception):
     """The connection ended (closed by the peer, timed out or closed by the guard);
     ``notable``: worth a log line (a timeout, not an ordinary close)."""
 
-    def __init__(self, message: str, notable: bool = False):
+    def __init__(self, message: str, notable: bool = False, stalled: bool = False):
         super().__init__(message)
         self.notable = notable
+        self.stalled = stalled              # an association that stopped sending inside a PDU
 
 
 class Connection:
@@ -404,11 +405,12 @@ def _explain_idle_abort(dul: Any, conn: Connection) -> None:
                 conn.guard.events.warning(conn.address, "timeout", "association from %s: stalled for %g s inside "
                                           "%s PDU (dicom.idle_timeout); A-ABORT sent, connection closed",
                                           conn.address, idle, _article(inside))
-                try:
-                    conn.sock.settimeout(2.0)
-                    conn.sock.sendall(abort_pdu(REASON_NOT_SPECIFIED))
-                except (OSError, ValueError):
-                    pass
+                if not isinstance(conn.sock, ssl.SSLSocket):   # no TLS writes beside the blocked TLS read
+                    try:
+                        conn.sock.settimeout(2.0)
+                        conn.sock.sendall(abort_pdu(REASON_NOT_SPECIFIED))
+                    except (OSError, ValueError):
+                        pass
                 conn.shut()
         return True
 
@@ -440,7 +442,8 @@ def _recv_exact(conn: Connection, size: int, inside: str | None = None) -> bytea
             if conn.pending:
                 raise PeerClosed(f"no complete A-ASSOCIATE-RQ within {conn.guard.limits.association_timeout:g} s"
                                  " (dicom.association_timeout)", notable=True) from None
-            raise PeerClosed(f"stalled for {conn.guard.limits.idle_timeout:g} s inside a PDU", notable=True) from None
+            raise PeerClosed(f"stalled for {conn.guard.limits.idle_timeout:g} s inside {_article(inside or 'PDU header')}"
+                             " PDU (dicom.idle_timeout)", notable=True, stalled=True) from None
         except OSError as exc:
             if inside is None and got == 0:
                 raise PeerClosed(f"connection lost: {exc}") from None
@@ -510,6 +513,8 @@ def guarded_read_pdu_data(self: Any) -> None:
         conn.reading = name
         body = _recv_exact(conn, length, inside=name)
     except PeerClosed as exc:
+        if exc.stalled and not conn.closed.is_set():
+            return _abort(self, conn, REASON_NOT_SPECIFIED, "timeout", str(exc))
         if exc.notable and not conn.closed.is_set():
             if str(exc).startswith("closed inside") or str(exc).startswith("connection lost inside"):
                 conn.guard.events.warning(conn.address, "closed", "%s from %s %s", conn.kind, conn.address, exc)
