@@ -95,14 +95,17 @@ def fuzz(api_schema, api_node, role: str) -> None:
     assert not failures, "\n\n".join(failures)
 
 
+@pytest.mark.timeout(600 + 20 * EXAMPLES)
 def test_api_as_a_stranger(api_schema, api_node):
     fuzz(api_schema, api_node, "stranger")
 
 
+@pytest.mark.timeout(600 + 20 * EXAMPLES)
 def test_api_as_a_reader(api_schema, api_node):
     fuzz(api_schema, api_node, "reader")
 
 
+@pytest.mark.timeout(600 + 20 * EXAMPLES)
 def test_api_as_an_admin(api_schema, api_node):
     fuzz(api_schema, api_node, "admin")
 

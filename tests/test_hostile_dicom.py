@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import pydicom
+import pytest
 from dicom_helpers import MagickboxProcess, dataset_bytes, make_study, storescu, write_bucket
 from hostile_peers import Answer, RawAssociation, c_store_command, connect_from, p_data, read_answer
 from pynetdicom.dsutils import encode
@@ -495,6 +496,7 @@ def mutate_data_set(body: bytes, rng) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.timeout(600 + FUZZ_DATA_SETS)
 def test_randomly_damaged_data_sets_over_the_wire_get_a_status(tmp_path):
     """HOPS_DICOM_FUZZ_CASES (default 150) damaged data sets on one association: each gets a
     C-STORE status (never an abort, never silence), the node's log has no traceback, only

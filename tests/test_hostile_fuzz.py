@@ -52,6 +52,7 @@ def test_end_of_file_error_points_at_a_line_of_the_file():
     assert err.value.line == 8 and err.value.found == "the end of the file", err.value
 
 
+@pytest.mark.timeout(FUZZ_SECONDS + 600)
 def test_coverage_guided_fuzzing_of_the_report_parser(tmp_path):
     seeds = tmp_path / "seeds"
     seeds.mkdir()
