@@ -36,6 +36,7 @@ def api_node(tmp_path_factory):
     node = MagickboxProcess(data, quiet_seconds=0.5, config={"data_dir": str(data), "http": {"max_upload_mb": 4}})
     node.start()
     node.read_token = make_token(data, "reader", "read")
+    node.base = base
     admin = Api(node, node.token)
     for n in range(2):                       # jobs for the fuzzer to find (ids 1, 2)
         make_study(base / f"study{n}", 2)
@@ -162,6 +163,11 @@ def test_openapi_names_only_the_media_types_the_api_sends(api_node, api_schema):
             "/api/jobs/{job_id}/log": "text/plain", "/api/jobs/{job_id}/log/events": "text/event-stream"}
     documented = {path: sorted(document["paths"][path]["get"]["responses"]["200"]["content"]) for path in sent}
     assert documented == {path: [media] for path, media in sent.items()}, documented
+    admin = Api(api_node, api_node.token)                # a job of its own (the fuzzers may remove jobs)
+    make_study(api_node.base / "media", 1)
+    job = admin.wait_final(admin.push("ProcOK", api_node.base / "media")["jobs"][0]["id"])["id"]
     with httpx.Client(base_url=api_node.url, timeout=30, headers={"Authorization": f"Bearer {api_node.token}"}) as c:
-        for path in ("/api/jobs/1/output.zip", "/api/jobs/1/input.zip", "/api/jobs/1/log"):
-            assert c.get(path).headers["content-type"].split(";")[0] == sent[path.replace("/1/", "/{job_id}/")]
+        for which in ("output.zip", "input.zip", "log"):
+            response = c.get(f"/api/jobs/{job}/{which}")
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"].split(";")[0] == sent["/api/jobs/{job_id}/" + which]
