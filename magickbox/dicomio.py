@@ -8,6 +8,7 @@ Raises :class:`HeaderError` for anything that is not a readable DICOM data set.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from typing import Iterable
@@ -21,7 +22,7 @@ from pydicom.tag import BaseTag, Tag
 from .series import SERIES_TAGS
 from .store import SpoolBuffer
 
-__all__ = ["HeaderError", "HeaderReader"]
+__all__ = ["HeaderError", "HeaderReader", "check_complete"]
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -175,3 +176,102 @@ class HeaderReader:
         except Exception as exc:  # pydicom raises many kinds of errors on garbage
             raise HeaderError(f"not a readable DICOM data set ({type(exc).__name__}: {str(exc)[:200]})") from None
 
+
+
+#: deepest sequence nesting walked (real data sets nest a few levels)
+_MAX_DEPTH = 64
+
+
+def check_complete(buffer: SpoolBuffer | bytes, transfer_syntax: str) -> None:
+    """Raise :class:`HeaderError` unless the data set's top-level elements (sequences and
+    encapsulated pixel data walked item by item) exactly fill ``buffer``: a data set cut
+    short — its last value, an element header, a sequence without its delimiter — or with
+    a length field past its end is not a complete instance and must not be acknowledged;
+    nor is one that starts with File Meta Information (a DICOM file sent as a data set).
+    Reads only element headers (a few bytes per element).  Little endian data sets that
+    walk cleanly in the other VR encoding pass (the header reader copes with that sender
+    bug too).  Deflated data sets are not checked (their end is zlib's to find)."""
+    if transfer_syntax == DEFLATED:
+        return
+    implicit = transfer_syntax == IMPLICIT_LE
+    order = "<" if transfer_syntax != EXPLICIT_BE else ">"
+    if isinstance(buffer, SpoolBuffer) and buffer.spilled:
+        fd = buffer.spool_file().fileno()
+        size = buffer.size
+
+        def read_at(pos: int, n: int) -> bytes:
+            return os.pread(fd, n, pos)
+    else:
+        data = buffer.getvalue() if isinstance(buffer, SpoolBuffer) else buffer
+        size = len(data)
+
+        def read_at(pos: int, n: int) -> bytes:
+            return data[pos:pos + n]
+
+    def header(pos: int, end: int, implicit_vr: bool) -> tuple[int, bytes | None, int, int]:
+        raw = read_at(pos, 12)
+        if end - pos < 8 or len(raw) < 8:
+            raise HeaderError(f"the data set ends inside an element header at byte {pos} (of {size})")
+        group, elem = struct.unpack_from(order + "HH", raw)
+        tag = (group << 16) | elem
+        if implicit_vr or group == 0xFFFE:
+            return tag, None, struct.unpack_from(order + "I", raw, 4)[0], pos + 8
+        vr = raw[4:6]
+        if vr in _LONG_VRS:
+            if end - pos < 12 or len(raw) < 12:
+                raise HeaderError(f"the data set ends inside an element header at byte {pos} (of {size})")
+            return tag, vr, struct.unpack_from(order + "I", raw, 8)[0], pos + 12
+        return tag, vr, struct.unpack_from(order + "H", raw, 6)[0], pos + 8
+
+    def value_end(tag: int, start: int, length: int, end: int) -> int:
+        if start + length > end:
+            raise HeaderError(f"the data set ends inside element ({tag >> 16:04X},{tag & 0xFFFF:04X}): "
+                              f"{length} bytes declared at byte {start}, {end - start} left")
+        return start + length
+
+    def elements(pos: int, end: int, implicit_vr: bool, depth: int, until_item_end: bool) -> int:
+        """Walk elements from ``pos``: to ``end`` exactly, or to an item delimiter."""
+        if depth > _MAX_DEPTH:
+            raise HeaderError(f"sequences nested deeper than {_MAX_DEPTH} levels")
+        while pos < end or until_item_end:
+            tag, vr, length, pos = header(pos, end, implicit_vr)
+            if tag == _ITEM_END and until_item_end:
+                return pos
+            if length == _UNDEFINED:
+                pos = items(tag, vr, pos, end, implicit_vr or vr == b"UN", depth + 1)
+            else:
+                pos = value_end(tag, pos, length, end)
+        return pos
+
+    def items(tag: int, vr: bytes | None, pos: int, end: int, implicit_vr: bool, depth: int) -> int:
+        """Walk the items of an undefined-length element up to its sequence delimiter."""
+        fragments = tag == _PIXEL_DATA
+        while True:
+            item, _, length, pos = header(pos, end, implicit_vr)
+            if item == _SEQ_END:
+                return pos
+            if item != _ITEM:
+                raise HeaderError(f"expected an item in ({tag >> 16:04X},{tag & 0xFFFF:04X}), found tag "
+                                  f"({item >> 16:04X},{item & 0xFFFF:04X}) at byte {pos - 8}")
+            if length != _UNDEFINED:
+                pos = value_end(item, pos, length, end)
+            elif fragments:
+                raise HeaderError(f"a pixel data fragment of undefined length at byte {pos - 8}")
+            else:
+                pos = elements(pos, end, implicit_vr, depth, until_item_end=True)
+
+    if size >= 2 and struct.unpack_from(order + "H", read_at(0, 2))[0] == 0x0002:
+        raise HeaderError("the data set starts with File Meta Information (group 0002): a DICOM file was sent "
+                          "where its data set belongs")
+    try:
+        elements(0, size, implicit, 0, until_item_end=False)
+    except HeaderError:
+        if transfer_syntax not in (IMPLICIT_LE, EXPLICIT_LE):
+            raise
+        try:                 # a sender that negotiated one VR encoding and used the other (pydicom copes)
+            elements(0, size, not implicit, 0, until_item_end=False)
+        except HeaderError:
+            pass
+        else:
+            return
+        raise

@@ -16,12 +16,22 @@ listener (:class:`GuardedAssociationServer`, a pynetdicom association server) th
   peers count against ``max_associations`` (A-ASSOCIATE-RJ *local-limit-exceeded* above).
 * **never allocates what a length field claims**: every PDU's length is checked before
   its body is read — at most :data:`MAX_ASSOCIATE_RQ_BYTES` before negotiation, at most the
-  node's negotiated maximum PDU for P-DATA-TF afterwards; a longer PDU, an unknown PDU type
-  or a PDU that does not decode gets an A-ABORT and the connection is closed.  A command
-  set larger than :data:`MAX_COMMAND_SET_BYTES` is aborted too, and the connection is not
-  read while a complete DIMSE message still waits for the handler (back-pressure).
+  node's negotiated maximum PDU for P-DATA-TF afterwards; a longer PDU, an unknown PDU type,
+  a PDU the requestor may not send in this phase (anything but A-ASSOCIATE-RQ or A-ABORT
+  before the association; A-ASSOCIATE-RQ/AC/RJ during it), a P-DATA-TF whose PDV items are
+  missing, shorter than their header, longer than the PDU or for a presentation context
+  that was not accepted, or a PDU that does not decode gets an A-ABORT and the connection
+  is closed.  A command set larger than :data:`MAX_COMMAND_SET_BYTES` is aborted too, and
+  the connection is not read while a complete DIMSE message still waits for the handler
+  (back-pressure).
+* **says why a connection ended**: a connection closed by its peer inside a PDU, one that
+  never completed its A-ASSOCIATE-RQ in time, and an association aborted after
+  ``idle_timeout`` s without traffic (with an A-ABORT even when the peer stalled inside a
+  PDU) each get a log line.
 * **answers a C-STORE-RQ without its required UIDs** with status ``0xC220`` (or ``0xC210``
-  for other missing fields) instead of ignoring it; other invalid requests get an A-ABORT.
+  for other missing fields) instead of ignoring it, and one whose SOP Class UID is not the
+  abstract syntax of its presentation context with ``0x0122`` (*SOP class not supported*);
+  other invalid requests get an A-ABORT.
 * logs each of these events as **one line** (:mod:`.logsafe`), at most one line per peer
   address and kind of event every :data:`LOG_INTERVAL` seconds (then a count).
 
@@ -77,6 +87,7 @@ _PDU_NAMES = {0x01: "A-ASSOCIATE-RQ", 0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE
 # A-ABORT reasons (PS3.8 9.3.8, source 2 = service provider)
 REASON_NOT_SPECIFIED = 0x00
 REASON_UNRECOGNIZED_PDU = 0x01
+REASON_UNEXPECTED_PDU = 0x02
 REASON_INVALID_PARAMETER = 0x06
 
 
@@ -101,16 +112,17 @@ class PeerClosed(Exception):
     """The connection ended (closed by the peer, timed out or closed by the guard);
     ``notable``: worth a log line (a timeout, not an ordinary close)."""
 
-    def __init__(self, message: str, notable: bool = False):
+    def __init__(self, message: str, notable: bool = False, stalled: bool = False):
         super().__init__(message)
         self.notable = notable
+        self.stalled = stalled              # an association that stopped sending inside a PDU
 
 
 class Connection:
     """One accepted TCP connection and where it is in its life."""
 
     __slots__ = ("address", "sock", "opened", "deadline", "pending", "closed", "assoc", "guard", "released",
-                 "aborted")
+                 "aborted", "reading")
 
     def __init__(self, guard: "ConnectionGuard", sock: socket.socket, address: str):
         self.guard = guard
@@ -123,6 +135,12 @@ class Connection:
         self.assoc: Any = None
         self.released = False
         self.aborted = False                 # the guard aborted it (and logged why)
+        self.reading: str | None = None      # the PDU being read (its name), if any
+
+    @property
+    def kind(self) -> str:
+        """How log lines name it: a connection until its A-ASSOCIATE-RQ, then an association."""
+        return "connection" if self.pending else "association"
 
     def recv_timeout(self) -> float:
         """Seconds the next read may block: what is left of the association deadline
@@ -273,6 +291,7 @@ class GuardedRequestHandler(RequestHandler):
             conn.assoc = assoc
             assoc._hops_connection = conn
             _wake_on_close(assoc.dul, conn)
+            _explain_idle_abort(assoc.dul, conn)
             run = assoc.run
 
             def run_and_release() -> None:
@@ -378,9 +397,50 @@ def _wake_on_close(dul: Any, conn: Connection) -> None:
             if primitive is not None or conn.closed.is_set():
                 return primitive
             if deadline is not None and time.monotonic() >= deadline:
+                if conn.pending and not conn.closed.is_set():     # a silent peer: the read never started
+                    conn.closed.set()
+                    conn.guard.events.warning(conn.address, "timeout", "connection from %s closed: no complete "
+                                              "A-ASSOCIATE-RQ within %g s (dicom.association_timeout)",
+                                              conn.address, conn.guard.limits.association_timeout)
                 return None
 
     dul.receive_pdu = receive_pdu
+
+
+def _explain_idle_abort(dul: Any, conn: Connection) -> None:
+    """pynetdicom aborts an association after ``idle_timeout`` s without a complete PDU;
+    log why (instead of a bare "aborted"), and send the A-ABORT ourselves when the peer
+    stalled inside a PDU: the DUL thread that would send pynetdicom's is blocked reading it."""
+    expired = dul.idle_timer_expired
+
+    def idle_timer_expired() -> bool:
+        if not expired():
+            return False
+        if not conn.aborted and not conn.closed.is_set():
+            conn.aborted = True
+            inside = conn.reading
+            idle = conn.guard.limits.idle_timeout
+            if inside is None:
+                conn.guard.events.warning(conn.address, "timeout", "association from %s: nothing received for "
+                                          "%g s (dicom.idle_timeout); A-ABORT sent", conn.address, idle)
+            else:
+                conn.guard.events.warning(conn.address, "timeout", "association from %s: stalled for %g s inside "
+                                          "%s PDU (dicom.idle_timeout); A-ABORT sent, connection closed",
+                                          conn.address, idle, _article(inside))
+                if not isinstance(conn.sock, ssl.SSLSocket):   # no TLS writes beside the blocked TLS read
+                    try:
+                        conn.sock.settimeout(2.0)
+                        conn.sock.sendall(abort_pdu(REASON_NOT_SPECIFIED))
+                    except (OSError, ValueError):
+                        pass
+                conn.shut()
+        return True
+
+    dul.idle_timer_expired = idle_timer_expired
+
+
+def _article(name: str) -> str:
+    return ("an " if name[0] in "AEIOU" else "a ") + name
 
 
 # -- the PDU reader ----------------------------------------------------------------------------
@@ -388,9 +448,10 @@ _original_read_pdu_data = _dul.DULServiceProvider._read_pdu_data
 _original_serve_request = _association.Association._serve_request
 
 
-def _recv_exact(conn: Connection, size: int) -> bytearray:
+def _recv_exact(conn: Connection, size: int, inside: str | None = None) -> bytearray:
     """Exactly ``size`` bytes, each read limited by the connection's deadline or idle
-    timeout; raises :class:`PeerClosed` if the peer closes or stalls first."""
+    timeout; raises :class:`PeerClosed` if the peer closes or stalls first (notable when it
+    closes in the middle: ``inside`` names the PDU whose body this is)."""
     buf = bytearray(size)
     view = memoryview(buf)
     got = 0
@@ -403,11 +464,18 @@ def _recv_exact(conn: Connection, size: int) -> bytearray:
             if conn.pending:
                 raise PeerClosed(f"no complete A-ASSOCIATE-RQ within {conn.guard.limits.association_timeout:g} s"
                                  " (dicom.association_timeout)", notable=True) from None
-            raise PeerClosed(f"stalled for {conn.guard.limits.idle_timeout:g} s inside a PDU", notable=True) from None
+            raise PeerClosed(f"stalled for {conn.guard.limits.idle_timeout:g} s inside {_article(inside or 'PDU header')}"
+                             " PDU (dicom.idle_timeout)", notable=True, stalled=True) from None
         except OSError as exc:
-            raise PeerClosed(f"connection lost: {exc}") from None
+            if inside is None and got == 0:
+                raise PeerClosed(f"connection lost: {exc}") from None
+            raise PeerClosed(f"connection lost inside {_article(inside or 'PDU header')} PDU after {got} of "
+                             f"{size} bytes: {exc}", notable=True) from None
         if n == 0:
-            raise PeerClosed("closed")
+            if inside is None and got == 0:
+                raise PeerClosed("closed")
+            raise PeerClosed(f"closed inside {_article(inside or 'PDU header')} PDU after {got} of {size} "
+                             f"{'body ' if inside else ''}bytes", notable=True)
         got += n
     return buf
 
@@ -450,25 +518,38 @@ def guarded_read_pdu_data(self: Any) -> None:
     if conn is None:
         return _original_read_pdu_data(self)
     try:
+        conn.reading = "PDU header"
         header = _recv_exact(conn, 6)
         pdu_type, _, length = struct.unpack(">BBL", header)
         name = _PDU_NAMES.get(pdu_type)
         if name is None:
             return _abort(self, conn, REASON_UNRECOGNIZED_PDU, "pdu-type", f"unknown PDU type 0x{pdu_type:02X}")
+        if pdu_type not in (_EXPECTED_BEFORE if conn.pending else _EXPECTED_DURING):
+            return _abort(self, conn, REASON_UNEXPECTED_PDU, "pdu-order", f"unexpected {name} PDU "
+                          f"{'before an association' if conn.pending else 'in an established association'}")
         limit = conn.guard.limits.max_pdu if pdu_type == 0x04 and not conn.pending else MAX_ASSOCIATE_RQ_BYTES
         if length > limit:
             return _abort(self, conn, REASON_INVALID_PARAMETER, "pdu-length",
                           f"{name} PDU of {length} bytes, longer than the {limit} allowed"
                           f"{' before negotiation' if conn.pending else ' (negotiated maximum)'}")
-        body = _recv_exact(conn, length)
+        conn.reading = name
+        body = _recv_exact(conn, length, inside=name)
     except PeerClosed as exc:
+        if exc.stalled and not conn.closed.is_set():
+            return _abort(self, conn, REASON_NOT_SPECIFIED, "timeout", str(exc))
         if exc.notable and not conn.closed.is_set():
-            conn.guard.events.warning(conn.address, "timeout", "connection from %s closed: %s", conn.address, exc)
+            if str(exc).startswith("closed inside") or str(exc).startswith("connection lost inside"):
+                conn.guard.events.warning(conn.address, "closed", "%s from %s %s", conn.kind, conn.address, exc)
+            else:
+                conn.guard.events.warning(conn.address, "timeout", "connection from %s closed: %s", conn.address, exc)
         conn.closed.set()
         return _close(self)
-    if pdu_type == 0x04 and not conn.pending and not _command_set_fits(self, body):
-        return _abort(self, conn, REASON_INVALID_PARAMETER, "command-set",
-                      f"DIMSE command set longer than {MAX_COMMAND_SET_BYTES} bytes")
+    finally:
+        conn.reading = None
+    if pdu_type == 0x04:
+        problem = _pdata_problem(self, body)
+        if problem is not None:
+            return _abort(self, conn, REASON_INVALID_PARAMETER, "pdv", problem)
     try:
         pdu, event = self._decode_pdu(header + body)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the peer's
@@ -482,18 +563,37 @@ def guarded_read_pdu_data(self: Any) -> None:
         _wait_for_handler(self, conn)
 
 
-def _command_set_fits(dul: Any, body: bytearray) -> bool:
-    """Whether the command fragments of this P-DATA-TF keep the message's command set
-    within :data:`MAX_COMMAND_SET_BYTES` (walks the PDV items' headers only)."""
+#: PDU types a requestor may send before its association is established / during it
+_EXPECTED_BEFORE = frozenset({0x01, 0x07})
+_EXPECTED_DURING = frozenset({0x04, 0x05, 0x06, 0x07})
+
+
+def _pdata_problem(dul: Any, body: bytearray) -> str | None:
+    """What is wrong with this P-DATA-TF's PDV items, or None: none at all, one shorter
+    than its 2-byte header or running past the PDU, one for a presentation context that
+    was not accepted, or command fragments that make the message's command set longer
+    than :data:`MAX_COMMAND_SET_BYTES` (walks the items' headers only)."""
+    if len(body) < 6:
+        return f"a P-DATA-TF of {len(body)} bytes with no PDV item"
+    accepted = getattr(dul.assoc, "_accepted_cx", {})
     message = getattr(dul.assoc.dimse, "message", None)
     pending = message.encoded_command_set.tell() if message is not None else 0
     pos = 0
-    while pos + 6 <= len(body):
+    while pos < len(body):
+        if pos + 6 > len(body):
+            return f"{len(body) - pos} stray bytes after the PDV items of a P-DATA-TF"
         item_length = struct.unpack_from(">I", body, pos)[0]
+        if item_length < 2 or pos + 4 + item_length > len(body):
+            return f"a PDV item of {item_length} bytes in a P-DATA-TF of {len(body)} bytes"
+        context_id = body[pos + 4]
+        if context_id not in accepted:
+            return f"a PDV for presentation context {context_id}, which was not accepted"
         if body[pos + 5] & 1:                       # command fragment
-            pending += max(0, item_length - 2)
+            pending += item_length - 2
         pos += 4 + item_length
-    return pending <= MAX_COMMAND_SET_BYTES
+    if pending > MAX_COMMAND_SET_BYTES:
+        return f"DIMSE command set longer than {MAX_COMMAND_SET_BYTES} bytes"
+    return None
 
 
 def _wait_for_handler(dul: Any, conn: Connection) -> None:
@@ -512,10 +612,34 @@ def _wait_for_handler(dul: Any, conn: Connection) -> None:
 #: status of a C-STORE-RQ without a required UID / without another required field
 STATUS_MISSING_UID = 0xC220
 STATUS_MISSING_FIELD = 0xC210
+#: status of a C-STORE-RQ whose SOP class is not its presentation context's (PS3.7 C.5.11)
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+def _respond(assoc: Any, msg: Any, context_id: int, status: int) -> None:
+    """Send the C-STORE-RSP with ``status`` to the request ``msg``."""
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = msg.MessageID
+    rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+    rsp.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+    rsp.Status = status
+    assoc.dimse.send_msg(rsp, context_id)
 
 
 def guarded_serve_request(self: Any, msg: Any, context_id: int) -> None:
     conn: Connection | None = getattr(self, "_hops_connection", None)
+    if conn is not None and msg.is_valid_request and isinstance(msg, C_STORE):
+        context = self._accepted_cx.get(context_id)
+        if context is not None and msg.AffectedSOPClassUID != context.abstract_syntax:
+            data = msg.DataSet
+            if hasattr(data, "discard"):
+                data.discard()
+            conn.guard.events.warning(conn.address, "invalid-request", "C-STORE-RQ from %s for SOP class %s on a "
+                                      "presentation context for %s: status 0x%04X (SOP class not supported)",
+                                      conn.address, printable(repr(str(msg.AffectedSOPClassUID))[:80]),
+                                      context.abstract_syntax, STATUS_SOP_CLASS_NOT_SUPPORTED)
+            _respond(self, msg, context_id, STATUS_SOP_CLASS_NOT_SUPPORTED)
+            return None
     if conn is None or msg.is_valid_request:
         return _original_serve_request(self, msg, context_id)
     missing = [k for k in msg.REQUEST_KEYWORDS if getattr(msg, k, None) is None]
@@ -526,12 +650,7 @@ def guarded_serve_request(self: Any, msg: Any, context_id: int) -> None:
         status = STATUS_MISSING_UID if any(k.endswith("UID") for k in missing) else STATUS_MISSING_FIELD
         conn.guard.events.warning(conn.address, "invalid-request", "C-STORE-RQ from %s without %s: status 0x%04X",
                                   conn.address, ", ".join(missing), status)
-        rsp = C_STORE()
-        rsp.MessageIDBeingRespondedTo = msg.MessageID
-        rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
-        rsp.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
-        rsp.Status = status
-        self.dimse.send_msg(rsp, context_id)
+        _respond(self, msg, context_id, status)
         return None
     conn.aborted = True
     conn.guard.events.warning(conn.address, "invalid-request", "invalid %s request from %s (missing %s): A-ABORT",

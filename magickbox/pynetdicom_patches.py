@@ -10,6 +10,14 @@ outbound sender in the same process is not affected by the receive-side patches
 read (``DULServiceProvider._read_pdu_data``) and requests are screened before they are
 served (``Association._serve_request``).
 
+**Hostile UIDs**: pynetdicom's own UID check (1-64 characters) raised inside its reactor
+for a C-STORE-RQ with a longer UID, so the peer got an A-ABORT and the log said nothing.
+**Patch:** pynetdicom takes any UID text (``_config.VALIDATORS["UI"]``); the receiver checks
+every UID against the DICOM grammar (:mod:`magickbox.uids`) and answers ``0xC220``.
+pydicom's validation of values it reads is off (``reading_validation_mode = IGNORE``): it
+logged the peer's values several times per request and printed them to stderr as
+multi-line warnings; its UserWarnings are ignored and its logger logs errors only.
+
 **Spooling**: each incoming DIMSE message keeps its data set in a
 :class:`magickbox.store.SpoolBuffer` (memory, spilling to the archive's tmp directory)
 instead of a BytesIO (``DIMSEMessage.__init__``).
@@ -50,9 +58,12 @@ import socket
 import ssl
 import struct
 import time
+import warnings
 from typing import Any, Callable
 
 import pynetdicom
+from pydicom import config as pydicom_config
+from pynetdicom import _config as _pynetdicom_config
 from pynetdicom import association as _association
 from pynetdicom import dimse as _dimse
 from pynetdicom import dimse_messages as _dimse_messages
@@ -350,6 +361,11 @@ def _spooling_init(self: Any) -> None:
         self.data_set = _spool_factory()
 
 
+def _any_uid_text(value: Any) -> tuple[bool, str]:
+    """pynetdicom's UID validator for the node: any text (the receiver validates UIDs)."""
+    return isinstance(value, str), "must be a str"
+
+
 def apply(spool_factory: Callable[[], Any] | None = None) -> bool:
     """Install every patch once (``spool_factory``: makes the buffer an incoming data set
     is kept in; the latest one given is used).  Raises RuntimeError on a pynetdicom
@@ -377,5 +393,11 @@ def apply(spool_factory: Callable[[], Any] | None = None) -> bool:
     _dimse.DIMSEServiceProvider.send_msg = _send_msg
     _dimse_messages.C_STORE_RQ.message_to_primitive = _c_store_rq_to_primitive
     _transport.deepcopy = _copy_contexts
+    _pynetdicom_config.VALIDATORS["UI"] = _any_uid_text
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    # pydicom's remarks on what a peer sent ("Expected implicit VR, but found explicit VR")
+    # go to stderr as multi-line warnings; the receiver logs its own one-line verdict
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     _applied = True
     return True

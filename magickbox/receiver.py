@@ -48,7 +48,7 @@ from . import node_metrics as nm
 from . import peerguard, pynetdicom_patches
 from .buckets import BucketRegistry
 from .config import NodeConfig
-from .dicomio import HeaderError, HeaderReader
+from .dicomio import HeaderError, HeaderReader, check_complete
 from .logsafe import printable
 from .model import AE_TITLE
 from .series import SeriesRecords
@@ -291,6 +291,7 @@ class StorageReceiver:
             buffer.write(data)
         try:
             header = self.reader.read(buffer, transfer_syntax)
+            check_complete(buffer, transfer_syntax)         # a data set cut short is not acknowledged
         except HeaderError as exc:
             return self._refuse(STATUS_NOT_DICOM, called, calling, ip, str(exc))
         study, series, sop = (_raw_text(header, tag) for tag in (0x0020000D, 0x0020000E, 0x00080018))

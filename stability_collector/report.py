@@ -210,9 +210,15 @@ class _Parser:
         self.i = 0
 
     def error(self, index: int, expected: str, found: str | None = None) -> ReportParseError:
-        if found is None:
-            found = _show(self.lines[index]) if index < len(self.lines) else "the end of the file"
-        return ReportParseError(self.source, index + 1, expected, found)
+        line = index + 1
+        if index >= len(self.lines):
+            found = "the end of the file" if found is None else found
+            # after a final line break the end is on the (empty) next line; without
+            # one it is on the last line, never past it
+            line = len(self.lines) + (1 if self.ends_with_newline else 0)
+        elif found is None:
+            found = _show(self.lines[index])
+        return ReportParseError(self.source, max(1, line), expected, found)
 
     def skip_blank(self) -> None:
         lines = self.lines

@@ -119,8 +119,10 @@ class MagickboxProcess:
     """``magickbox serve`` in a subprocess with its own data dir and free ports."""
 
     def __init__(self, data_dir: Path, quiet_seconds: float = 1.0, config: dict | None = None,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, wrapper: list[str] | None = None):
         self.data_dir = data_dir
+        self.env, self.cwd, self.wrapper = env, cwd, wrapper or []     # wrapper: e.g. strace and its flags
         self.quiet_seconds = quiet_seconds
         self.dicom_port = free_port()
         self.http_port = free_port()
@@ -142,7 +144,8 @@ class MagickboxProcess:
             cfg = self.data_dir.parent / f"{self.data_dir.name}.toml"
             cfg.write_text(_toml(self.config))
             args += ["--config", str(cfg)]
-        self.proc = subprocess.Popen(args, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*self.wrapper, *args], stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+                                     env=self.env, cwd=self.cwd)
         if wait:
             wait_for_port(self.dicom_port, proc=self.proc, what="magickbox", log=self.log_path)
             wait_for_port(self.http_port, proc=self.proc, what="magickbox http", log=self.log_path)

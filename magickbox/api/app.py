@@ -189,6 +189,18 @@ class HeadAsGet:
         return await self.app({**scope, "method": "GET"}, receive, send_headers_only)
 
 
+def _declared_media_types_only(document: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI documents every 200 response as ``application/json`` (with an empty schema)
+    beside the media type a route declares itself; the zips, the log and the event stream
+    are never JSON, so that entry goes (in place; the document is cached)."""
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            content = operation.get("responses", {}).get("200", {}).get("content", {})
+            if len(content) > 1 and content.get("application/json") == {"schema": {}}:
+                del content["application/json"]
+    return document
+
+
 def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None = None) -> FastAPI:
     state = ApiState(store, tokens, limits or UploadLimits())
     app = FastAPI(title="magickbox node", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
@@ -276,7 +288,7 @@ def create_app(store: NodeStore, tokens: TokenStore, limits: UploadLimits | None
 
     @app.get("/api/openapi.json", include_in_schema=False)
     def openapi(_: TokenInfo = Depends(reader)) -> JSONResponse:
-        return JSONResponse(app.openapi())
+        return JSONResponse(_declared_media_types_only(app.openapi()))
 
     @app.get("/api/status", response_model=m.NodeStatus, tags=["node"], responses=errors,
              summary="node status and load (queue per bucket)")
