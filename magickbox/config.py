@@ -89,7 +89,7 @@ from typing import Any, Mapping
 
 from stability_collector.core.errors import ConfigError
 from stability_collector.core.graphite import GraphiteAddress, sanitize_node
-from stability_collector.core.values import parse_bool
+from stability_collector.core.values import parse_bool, parse_number, parse_string
 
 from .layout import DataLayout
 from .model import AE_TITLE
@@ -208,28 +208,12 @@ def _int(key: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def _float(key: str, value: Any, lo: float) -> float:
-    try:
-        number = float(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not number >= lo:
-        raise ConfigError(key, f"expected a number >= {lo:g}, found {value!r}")
-    return number
-
-
 def _bool(key: str, value: Any) -> bool:
     return parse_bool(key, value, strict=True)
 
 
-def _str(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key, f"expected a string, found {value!r}")
-    return value
-
-
 def _ae(key: str, value: Any) -> str:
-    text = _str(key, value).strip()
+    text = parse_string(key, value).strip()
     if not AE_TITLE.fullmatch(text) or "\\" in text:
         raise ConfigError(key, f"not a DICOM AE title (1-16 printable characters, no backslash): {value!r}")
     return text
@@ -286,13 +270,13 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
     base = base_dir or Path.cwd()
 
     def path(key: str, value: Any) -> Path:
-        p = Path(_str(key, value)).expanduser()
+        p = Path(parse_string(key, value)).expanduser()
         return p if p.is_absolute() else base / p
 
     if "data_dir" not in top:
         raise ConfigError("data_dir", "missing: give --data-dir DIR or set data_dir in the config file")
     data_dir = path("data_dir", top["data_dir"])
-    node_name = sanitize_node(_str("node_name", top["node_name"])) if "node_name" in top else None
+    node_name = sanitize_node(parse_string("node_name", top["node_name"])) if "node_name" in top else None
     d = _table("dicom", top.get("dicom", {}), {"host", "port", "ae_title", "extra_ae_titles", "quiet_seconds",
                                                 "max_pdu", "uid_grammar", "fsync", "spool_threshold_mb", "access",
                                                 "tls", "spool_memory_mb", "replace", "association_timeout",
@@ -305,7 +289,7 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
         nets = []
         for i, net in enumerate(_list(f"{key}.caller_ips", rule.get("caller_ips", []))):
             try:
-                nets.append(ipaddress.ip_network(_str(f"{key}.caller_ips", net), strict=False))
+                nets.append(ipaddress.ip_network(parse_string(f"{key}.caller_ips", net), strict=False))
             except ValueError:
                 raise ConfigError(f"{key}.caller_ips", f"not an IP address or network: {net!r}") from None
         titles = tuple(_ae(f"{key}.calling_ae_titles", t) for t in _list(f"{key}.calling_ae_titles",
@@ -327,27 +311,27 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
                 raise ConfigError(f"dicom.tls.{k}", f"file not found: {p}")
         if tls.require_client_cert and tls.ca is None:
             raise ConfigError("dicom.tls.ca", "needed when require_client_cert = true")
-    replace_policy = _str("dicom.replace", d.get("replace", "same-sender"))
+    replace_policy = parse_string("dicom.replace", d.get("replace", "same-sender"))
     if replace_policy not in ("same-sender", "never", "any"):
         raise ConfigError("dicom.replace", f"expected 'same-sender', 'never' or 'any', found {replace_policy!r}")
-    grammar = _str("dicom.uid_grammar", d.get("uid_grammar", "strict"))
+    grammar = parse_string("dicom.uid_grammar", d.get("uid_grammar", "strict"))
     if grammar not in ("strict", "lenient"):
         raise ConfigError("dicom.uid_grammar", f"expected 'strict' or 'lenient', found {grammar!r}")
     dicom = DicomConfig(
-        host=_str("dicom.host", d.get("host", "0.0.0.0")),
+        host=parse_string("dicom.host", d.get("host", "0.0.0.0")),
         port=_int("dicom.port", d.get("port", 11112), 0, 65535),
         ae_title=_ae("dicom.ae_title", d.get("ae_title", "MAGICKBOX")),
         extra_ae_titles=tuple(_ae("dicom.extra_ae_titles", a) for a in _list("dicom.extra_ae_titles",
                                                                               d.get("extra_ae_titles", []))),
-        quiet_seconds=_float("dicom.quiet_seconds", d.get("quiet_seconds", 5.0), 0.0),
+        quiet_seconds=parse_number("dicom.quiet_seconds", d.get("quiet_seconds", 5.0), 0.0),
         max_pdu=_int("dicom.max_pdu", d.get("max_pdu", 131072), 4096, 16 * 1024 * 1024),
         uid_grammar=grammar,
         fsync=_bool("dicom.fsync", d.get("fsync", True)),
-        spool_threshold_mb=_float("dicom.spool_threshold_mb", d.get("spool_threshold_mb", 16.0), 0.0),
-        spool_memory_mb=_float("dicom.spool_memory_mb", d.get("spool_memory_mb", 256.0), 0.0),
+        spool_threshold_mb=parse_number("dicom.spool_threshold_mb", d.get("spool_threshold_mb", 16.0), 0.0),
+        spool_memory_mb=parse_number("dicom.spool_memory_mb", d.get("spool_memory_mb", 256.0), 0.0),
         replace=replace_policy,
-        association_timeout=_float("dicom.association_timeout", d.get("association_timeout", 10.0), 0.5),
-        idle_timeout=_float("dicom.idle_timeout", d.get("idle_timeout", 120.0), 1.0),
+        association_timeout=parse_number("dicom.association_timeout", d.get("association_timeout", 10.0), 0.5),
+        idle_timeout=parse_number("dicom.idle_timeout", d.get("idle_timeout", 120.0), 1.0),
         max_associations=_int("dicom.max_associations", d.get("max_associations", 64), 1, 1000),
         max_pending_connections=_int("dicom.max_pending_connections", d.get("max_pending_connections", 32), 1,
                                      10000),
@@ -368,22 +352,22 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
         missing = ({"tls_cert", "tls_key"} - set(http_tls)).pop()
         raise ConfigError(f"http.{missing}", "missing (both tls_cert and tls_key are needed for HTTPS)")
     g = _table("graphite", top.get("graphite", {}), {"address", "interval"})
-    address = _str("graphite.address", g.get("address", ""))
+    address = parse_string("graphite.address", g.get("address", ""))
     gm = _table("gearman", top.get("gearman", {}), {"servers", "resubmit_after"})
     servers = []
     for spec in _list("gearman.servers", gm.get("servers", [])):
         try:
-            server = GraphiteAddress.parse(_str("gearman.servers", spec), "gearman.servers")
+            server = GraphiteAddress.parse(parse_string("gearman.servers", spec), "gearman.servers")
         except ConfigError:
             raise ConfigError("gearman.servers", f"expected HOST:PORT, found {spec!r}") from None
         servers.append((server.host, server.port if ":" in spec else 4730))
     wk = _table("worker", top.get("worker", {}), {"enabled", "buckets", "engine"})
     kwargs: dict[str, Any] = {
         "gearman_servers": tuple(servers),
-        "resubmit_after": _float("gearman.resubmit_after", gm.get("resubmit_after", 60.0), 1.0),
+        "resubmit_after": parse_number("gearman.resubmit_after", gm.get("resubmit_after", 60.0), 1.0),
         "worker_enabled": _bool("worker.enabled", wk.get("enabled", True)),
         "worker_buckets": tuple(_ae("worker.buckets", b) for b in _list("worker.buckets", wk.get("buckets", []))),
-        "engine_url": _str("worker.engine", wk.get("engine", "")) or None,
+        "engine_url": parse_string("worker.engine", wk.get("engine", "")) or None,
         "measures": parse_measures_config(top.get("measures")),
     }
     kwargs["routing"] = _routing_config(top.get("routing", {}))
@@ -394,19 +378,19 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
         buckets_dir=path("buckets_dir", top["buckets_dir"]) if "buckets_dir" in top else None,
         classify_rules=path("classify_rules", top["classify_rules"]) if "classify_rules" in top else None,
         dicom=dicom,
-        http_host=_str("http.host", h.get("host", "127.0.0.1")),
+        http_host=parse_string("http.host", h.get("host", "127.0.0.1")),
         http_port=_int("http.port", h.get("port", 8000), 0, 65535),
         http_max_upload_mb=_int("http.max_upload_mb", h.get("max_upload_mb", 4096), 1, 1 << 24),
         http_tls_cert=http_tls.get("tls_cert"),
         http_tls_key=http_tls.get("tls_key"),
         graphite=GraphiteAddress.parse(address, "graphite.address") if address else None,
-        graphite_interval=_float("graphite.interval", g.get("interval", 10.0), 0.5),
+        graphite_interval=parse_number("graphite.interval", g.get("interval", 10.0), 0.5),
         **kwargs,
     )
 
 
 def _host_port(key: str, value: Any) -> tuple[str, int]:
-    host, _, port = _str(key, value).strip().rpartition(":")
+    host, _, port = parse_string(key, value).strip().rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(key, f"expected HOST:PORT, found {value!r}")
     return host.strip("[]"), int(port)
@@ -416,10 +400,10 @@ def _routing_config(value: Any) -> RoutingConfig:
     r = _table("routing", value, {"me", "port", "senders", "timeout", "known_aes"})
     known = _table("routing.known_aes", r.get("known_aes", {}), set(r.get("known_aes", {}) or {}))
     return RoutingConfig(
-        me=_str("routing.me", r.get("me", "")).strip(),
+        me=parse_string("routing.me", r.get("me", "")).strip(),
         port=_int("routing.port", r.get("port", 0), 0, 65535),
         senders=_int("routing.senders", r.get("senders", 2), 1, 32),
-        timeout=_float("routing.timeout", r.get("timeout", 30.0), 1.0),
+        timeout=parse_number("routing.timeout", r.get("timeout", 30.0), 1.0),
         known_aes={_ae("routing.known_aes", ae): _host_port(f"routing.known_aes.{ae}", addr)
                    for ae, addr in known.items()})
 

@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 from .core.errors import ConfigError
 from .core.graphite import GraphiteAddress
+from .core.values import parse_number, parse_string
 from .ingest import (
     DEFAULT_ARCHIVE_SUBDIR,
     DEFAULT_FAILED_SUBDIR,
@@ -182,42 +183,25 @@ def check_site(key: str, site: str) -> None:
         raise ConfigError(key, str(exc).partition(": ")[2]) from None
 
 
-def _number(key: str, value: Any, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(key, f"expected a number, found {value!r}") from None
-    if not value >= minimum:
-        raise ConfigError(key, f"must be >= {minimum:g}, found {value!r}")
-    return float(value)
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key, f"expected a string, found {value!r}")
-    return value
-
-
 def build_config(values: Mapping[str, Any]) -> StabilityConfig:
     """Validate a mapping of settings (from TOML and/or flags; ``None`` = unset)."""
     v = {k: val for k, val in values.items() if val is not None}
     unknown = set(v) - _TOP_KEYS
     if unknown:
         raise ConfigError(sorted(unknown)[0], f"unknown setting; known settings: {', '.join(sorted(_TOP_KEYS))}")
-    graphite = GraphiteAddress.parse(_string("graphite", v["graphite"])) if "graphite" in v else None
+    graphite = GraphiteAddress.parse(parse_string("graphite", v["graphite"])) if "graphite" in v else None
     coil_map = v.get("coil_map")
     if coil_map is not None and not isinstance(coil_map, (str, Mapping)):
         raise ConfigError("coil_map", f"expected a table or 'C=NAME,...', found {coil_map!r}")
     layout = MetricLayout.from_options(
-        layout=_string("layout", v.get("layout", "hops")),
-        template=_string("metric_template", v["metric_template"]) if "metric_template" in v else None,
-        summary_template=_string("summary_template", v["summary_template"]) if "summary_template" in v else None,
-        prefix=_string("prefix", v["prefix"]) if "prefix" in v else None,
+        layout=parse_string("layout", v.get("layout", "hops")),
+        template=parse_string("metric_template", v["metric_template"]) if "metric_template" in v else None,
+        summary_template=parse_string("summary_template", v["summary_template"]) if "summary_template" in v else None,
+        prefix=parse_string("prefix", v["prefix"]) if "prefix" in v else None,
         coil_map=coil_map,
-        site=_string("site", v["site"]) if "site" in v else None,
+        site=parse_string("site", v["site"]) if "site" in v else None,
     )
-    timezone = _string("timezone", v["timezone"]) if "timezone" in v else None
+    timezone = parse_string("timezone", v["timezone"]) if "timezone" in v else None
     resolve_timezone(timezone, "timezone")
     scanners = []
     table = v.get("scanners", {})
@@ -232,26 +216,26 @@ def build_config(values: Mapping[str, Any]) -> StabilityConfig:
             raise ConfigError(f"{key}.{sorted(extra)[0]}", f"unknown setting; known: {', '.join(sorted(_SCANNER_KEYS))}")
         if "directory" not in entry:
             raise ConfigError(f"{key}.directory", "missing")
-        tz = _string(f"{key}.timezone", entry["timezone"]) if "timezone" in entry else timezone
+        tz = parse_string(f"{key}.timezone", entry["timezone"]) if "timezone" in entry else timezone
         resolve_timezone(tz, f"{key}.timezone")
-        site = _string(f"{key}.site", entry["site"]) if "site" in entry else None
+        site = parse_string(f"{key}.site", entry["site"]) if "site" in entry else None
         if site is not None:
             check_site(f"{key}.site", site)
-        scanners.append(ScannerSource(name, Path(_string(f"{key}.directory", entry["directory"])).expanduser(),
+        scanners.append(ScannerSource(name, Path(parse_string(f"{key}.directory", entry["directory"])).expanduser(),
                                       tz, site))
     config = StabilityConfig(
         graphite=graphite,
         layout=layout,
         timezone=timezone,
         scanners=tuple(scanners),
-        archive_subdir=_string("archive_subdir", v.get("archive_subdir", DEFAULT_ARCHIVE_SUBDIR)),
-        failed_subdir=_string("failed_subdir", v.get("failed_subdir", DEFAULT_FAILED_SUBDIR)),
-        settle_seconds=_number("settle_seconds", v.get("settle_seconds", DEFAULT_SETTLE_SECONDS)),
-        poll_interval=_number("poll_interval", v.get("poll_interval", 30.0), 0.1),
-        timeout=_number("timeout", v.get("timeout", 15.0), 0.1),
-        storage_schemas=Path(_string("storage_schemas", v["storage_schemas"])).expanduser()
+        archive_subdir=parse_string("archive_subdir", v.get("archive_subdir", DEFAULT_ARCHIVE_SUBDIR)),
+        failed_subdir=parse_string("failed_subdir", v.get("failed_subdir", DEFAULT_FAILED_SUBDIR)),
+        settle_seconds=parse_number("settle_seconds", v.get("settle_seconds", DEFAULT_SETTLE_SECONDS)),
+        poll_interval=parse_number("poll_interval", v.get("poll_interval", 30.0), 0.1),
+        timeout=parse_number("timeout", v.get("timeout", 15.0), 0.1),
+        storage_schemas=Path(parse_string("storage_schemas", v["storage_schemas"])).expanduser()
         if v.get("storage_schemas") else None,
-        verify_whisper_dir=Path(_string("verify_whisper_dir", v["verify_whisper_dir"])).expanduser()
+        verify_whisper_dir=Path(parse_string("verify_whisper_dir", v["verify_whisper_dir"])).expanduser()
         if v.get("verify_whisper_dir") else None,
     )
     config.ingest_settings  # validates sub-directory names

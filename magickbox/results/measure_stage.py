@@ -40,6 +40,7 @@ import pydicom
 
 from stability_collector.core.errors import ConfigError
 from stability_collector.core.graphite import DeliveryError, GraphiteAddress, GraphiteSender, sanitize_node
+from stability_collector.core.values import parse_number, parse_string
 from stability_collector.core.whisper_check import missing_from_whisper
 from stability_collector.metrics import resolve_timezone
 
@@ -147,20 +148,8 @@ class BucketMeasures:
     prefixes: tuple[str, ...] = ()
 
 
-def _number(key: str, value: Any, lo: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= lo:
-        raise ConfigError(key, f"expected a number >= {lo:g}, found {value!r}")
-    return float(value)
-
-
-def _string(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key, f"expected a string, found {value!r}")
-    return value
-
-
 def _alias(key: str, value: Any) -> str:
-    text = _string(key, value)
+    text = parse_string(key, value)
     if not _TOKEN.fullmatch(text):
         raise ConfigError(key, f"expected a metric-safe name of [A-Za-z0-9_-], found {text!r}")
     return text
@@ -176,15 +165,15 @@ def parse_measures_config(table: Any, key: str = "measures") -> MeasuresConfig:
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}", f"unknown setting; known: {', '.join(sorted(known))}")
-    timezone = _string(f"{key}.timezone", table.get("timezone", ""))
+    timezone = parse_string(f"{key}.timezone", table.get("timezone", ""))
     resolve_timezone(timezone, f"{key}.timezone")
-    subject = _string(f"{key}.subject", table.get("subject", "station"))
+    subject = parse_string(f"{key}.subject", table.get("subject", "station"))
     if subject not in _SUBJECTS:
         raise ConfigError(f"{key}.subject", f"expected one of {', '.join(_SUBJECTS)}, found {subject!r}")
     alias = _alias(f"{key}.alias", table["alias"]) if table.get("alias") else ""
     if subject == "alias" and not alias:
         raise ConfigError(f"{key}.alias", "missing (needed for subject = \"alias\")")
-    salt = _string(f"{key}.salt", table.get("salt", ""))
+    salt = parse_string(f"{key}.salt", table.get("salt", ""))
     if subject == "hash" and not salt:
         raise ConfigError(f"{key}.salt", "missing (needed for subject = \"hash\"; a secret of the site)")
     raw_aliases = table.get("serial_aliases", {})
@@ -193,10 +182,10 @@ def parse_measures_config(table: Any, key: str = "measures") -> MeasuresConfig:
     aliases = {str(serial).strip(): _alias(f"{key}.serial_aliases.{serial}", name)
                for serial, name in raw_aliases.items()}
     return MeasuresConfig(timezone, subject, alias, salt, aliases,
-                          _number(f"{key}.interval", table.get("interval", 1.0), 0.05),
-                          _number(f"{key}.retry_interval", table.get("retry_interval", 10.0), 0.1),
-                          _string(f"{key}.verify_whisper_dir", table.get("verify_whisper_dir", "")),
-                          _number(f"{key}.verify_timeout", table.get("verify_timeout", 15.0), 0.1))
+                          parse_number(f"{key}.interval", table.get("interval", 1.0), 0.05, text=False),
+                          parse_number(f"{key}.retry_interval", table.get("retry_interval", 10.0), 0.1, text=False),
+                          parse_string(f"{key}.verify_whisper_dir", table.get("verify_whisper_dir", "")),
+                          parse_number(f"{key}.verify_timeout", table.get("verify_timeout", 15.0), 0.1, text=False))
 
 
 def parse_bucket_measures(value: Any, key: str = "measures") -> BucketMeasures:
