@@ -318,7 +318,10 @@ def file_system_changes(trace_dir: Path, cwd: Path) -> list[tuple[str, str, str]
             name, args = m.group("name"), m.group("args")
             if name in ("open", "openat", "openat2") and not any(f in args for f in _WRITE_FLAGS):
                 continue
-            for p in _PATH_ARG.finditer(args):
+            paths = list(_PATH_ARG.finditer(args))
+            if name in ("link", "linkat", "symlink", "symlinkat"):
+                paths = paths[-1:]          # only the new name is a change (the source is read)
+            for p in paths:
                 path = p.group("path")
                 base = p.group("dirpath") or str(cwd)
                 changes.append((name, os.path.normpath(os.path.join(base, path)), m.group("result")))
@@ -423,7 +426,8 @@ def test_the_strace_audit_sees_a_write_outside_the_data_directory(tmp_path):
     for d in (data, cwd, trace_dir):
         d.mkdir()
     script = ("import os; open('inside-cwd.txt', 'w').close(); os.rename('inside-cwd.txt', '../moved.txt');"
-              f"open({str(data / 'ok.txt')!r}, 'w').close(); os.unlink('../moved.txt')")
+              f"open({str(data / 'ok.txt')!r}, 'w').close(); os.unlink('../moved.txt');"
+              f"os.link({str(data / 'ok.txt')!r}, '../linked.txt')")
     subprocess.run(["strace", "-ff", "-qq", "-y", "--seccomp-bpf", "-e", f"trace={WRITE_SYSCALLS}", "-o",
                     str(trace_dir / "trace"), "python3", "-S", "-c", script], cwd=cwd, check=True, timeout=60)
     changes = file_system_changes(trace_dir, cwd)
@@ -431,6 +435,7 @@ def test_the_strace_audit_sees_a_write_outside_the_data_directory(tmp_path):
     assert str(cwd / "inside-cwd.txt") in paths and str(tmp_path / "moved.txt") in paths
     assert str(data / "ok.txt") in paths
     assert ("unlink", str(tmp_path / "moved.txt"), "0") in changes
+    assert [path for name, path, _ in changes if name.startswith("link")] == [str(tmp_path / "linked.txt")]
 
 
 def test_check_complete_accepts_every_valid_data_set_and_refuses_every_cut_one():
