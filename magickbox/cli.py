@@ -330,10 +330,11 @@ def show_job(db: "Database", job_id: int) -> int:
 
 
 def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SystemExit(f"magickbox: expected HOST:PORT, found {text!r}")
-    return host.strip("[]"), int(port)
+    from .config import ConfigError, parse_host_port
+    try:
+        return parse_host_port("address", text)
+    except ConfigError as exc:
+        raise SystemExit(f"magickbox: {exc}") from None
 
 
 def cmd_route(args: argparse.Namespace) -> int:

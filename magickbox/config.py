@@ -389,22 +389,26 @@ def build_node_config(values: Mapping[str, Any], base_dir: Path | None = None) -
     )
 
 
-def _host_port(key: str, value: Any) -> tuple[str, int]:
+def parse_host_port(key: str, value: Any) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); ConfigError naming ``key``."""
     host, _, port = parse_string(key, value).strip().rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(key, f"expected HOST:PORT, found {value!r}")
     return host.strip("[]"), int(port)
 
 
 def _routing_config(value: Any) -> RoutingConfig:
     r = _table("routing", value, {"me", "port", "senders", "timeout", "known_aes"})
-    known = _table("routing.known_aes", r.get("known_aes", {}), set(r.get("known_aes", {}) or {}))
+    raw_known = r.get("known_aes", {})
+    if not isinstance(raw_known, dict):
+        raise ConfigError("routing.known_aes", f"expected a table of AE = \"HOST:PORT\", found {raw_known!r}")
+    known = _table("routing.known_aes", raw_known, set(raw_known))
     return RoutingConfig(
         me=parse_string("routing.me", r.get("me", "")).strip(),
         port=_int("routing.port", r.get("port", 0), 0, 65535),
         senders=_int("routing.senders", r.get("senders", 2), 1, 32),
         timeout=parse_number("routing.timeout", r.get("timeout", 30.0), 1.0),
-        known_aes={_ae("routing.known_aes", ae): _host_port(f"routing.known_aes.{ae}", addr)
+        known_aes={_ae("routing.known_aes", ae): parse_host_port(f"routing.known_aes.{ae}", addr)
                    for ae, addr in known.items()})
 
 

@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from stability_collector.core.fsutil import atomic_write
 
@@ -40,10 +41,28 @@ from .layout import DataLayout
 from .model import AttemptOutcome, ClaimRecord, JobStatus
 from .store import DIR_MODE, FILE_MODE, make_private_dir
 
-__all__ = ["JobDir", "Claim", "decide_status", "read_proc_json", "HEARTBEAT_SECONDS", "STALE_SECONDS"]
+__all__ = ["JobDir", "Claim", "decide_status", "read_proc_json", "regular_files", "HEARTBEAT_SECONDS", "STALE_SECONDS"]
 
 HEARTBEAT_SECONDS = 2.0
 STALE_SECONDS = 15.0
+
+
+def regular_files(root: Path) -> Iterator[tuple[Path, int]]:
+    """(path, size in bytes) of the regular files under ``root``, sorted by path; symbolic
+    links (to files or directories, ``root`` itself included) are neither followed nor
+    listed: a bucket's output may not point at data it was not given."""
+    if not root.is_dir() or root.is_symlink():
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield path, st.st_size
 
 
 def _write_json(path: Path, data: Any) -> None:

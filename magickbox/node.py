@@ -75,7 +75,9 @@ class Node:
         self.gearman_servers = servers
         try:
             self.routing = RouteStage(layout, self.db, config.routing, self._routing_address, servers,
-                                      resubmit_after=config.resubmit_after if config.gearman_servers else 60.0)
+                                      # the embedded server lives and dies with this process: what it
+                                      # was given it still holds (it does not merge by unique key)
+                                      resubmit_after=config.resubmit_after if config.gearman_servers else float("inf"))
         except RoutingError as exc:
             if self.job_server is not None:
                 self.job_server.stop()

@@ -112,6 +112,8 @@ class IngestSettings:
             raise ConfigError("failed_subdir", "must differ from archive_subdir")
         if not self.settle_seconds >= 0:
             raise ConfigError("settle_seconds", f"must be >= 0, found {self.settle_seconds!r}")
+        if self.verify_whisper_dir is not None:
+            whisper_check.check_whisper_dir(Path(self.verify_whisper_dir).resolve(), "verify_whisper_dir")
         self.layout.validated()
         return self
 

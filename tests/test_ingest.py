@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import TRUNCATED, copy_reports, good_reference_reports, reference_reports, wait_for_values
 
+from stability_collector.core.errors import ConfigError
 from stability_collector.core.graphite import GraphiteAddress, GraphiteSender
 from stability_collector.ingest import Ingestor, IngestSettings, Outcome, ScannerSource
 from stability_collector.metrics import MetricLayout, report_metrics, resolve_timezone
@@ -382,5 +383,8 @@ def test_verify_whisper_dir_from_the_config_file_and_the_command_line(tmp_path):
     assert build_config({}).ingest_settings.verify_whisper_dir is None
     settings = build_config({"verify_whisper_dir": str(tmp_path), "timeout": 7}).ingest_settings
     assert (settings.verify_whisper_dir, settings.verify_timeout) == (tmp_path, 7)
+    (tmp_path / "w").mkdir()
     args = build_parser().parse_args(["watch", str(tmp_path / "bay"), "--verify-whisper", str(tmp_path / "w")])
     assert _config_from(args).ingest_settings.verify_whisper_dir == tmp_path / "w"
+    with pytest.raises(ConfigError, match="verify_whisper_dir: .* is not a directory"):   # else resent forever
+        build_config({"verify_whisper_dir": str(tmp_path / "nowhere")}).ingest_settings.validated()

@@ -214,6 +214,10 @@ def test_measures_configuration_errors_name_the_key(tmp_path):
     serve = subprocess.run([MAGICKBOX, "serve", "--data-dir", str(tmp_path / "data"), "--config", str(bad)],
                            capture_output=True, text=True, timeout=60)
     assert serve.returncode == 2 and "measures.salt: missing" in serve.stderr
+    bad.write_text(f'[measures]\nverify_whisper_dir = "{tmp_path / "no-whisper-here"}"\n')
+    serve = subprocess.run([MAGICKBOX, "serve", "--data-dir", str(tmp_path / "data"), "--config", str(bad)],
+                           capture_output=True, text=True, timeout=60)
+    assert serve.returncode == 2 and "measures.verify_whisper_dir: " in serve.stderr, serve.stderr
 
 
 def test_a_final_job_is_collected_whenever_it_finished_and_only_once(tmp_path):

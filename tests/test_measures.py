@@ -110,3 +110,28 @@ def test_prefix_patterns_check_only_what_comes_from_data():
     with pytest.raises(MeasuresError, match="identifying value"):
         datapoint_lines(parse_measures(doc(prefix="hops.stability.phantom_qa.32ch.fbirn"), TZ), "ProcQA", phantom,
                         SubjectPolicy(), TZ, pattern)
+
+
+@pytest.mark.parametrize("path, refused", [
+    ("fluctuation_pct", False),            # the operator "Luc" is a word of a name, not a substring
+    ("channel_snr", False),                # ... and "Ann"
+    ("MRC35162", False),                   # a device serial inside a Siemens UID is not identifying
+    ("doe_snr", True),                     # a word of the patient's name
+    ("id.ab-1234", True),                  # the patient ID, however punctuated
+    ("dob.1980-01-01", True),              # the birth date, however punctuated
+    ("x.1.3.12.2.1107.5.2.32.35162.30000023.y", True),   # the study UID, whole
+    ("x.1_3_12_2_1107_5_2_32_35162_30000023", True),      # ... or re-separated
+    ("acc4455x", True),                    # the accession number inside a word
+])
+def test_identifying_values_are_matched_as_values_not_as_any_substring(path, refused):
+    """Found in review: the check refused normal names (UID parts and 3-letter name parts
+    matched as substrings) and missed re-punctuated identifiers."""
+    from magickbox.results.measures import _check_path, phi_values
+    phi = phi_values({"PatientName": "Doe^Jane", "PatientID": "AB1234", "PatientBirthDate": "19800101",
+                      "OperatorsName": "Luc^Ann", "StudyInstanceUID": "1.3.12.2.1107.5.2.32.35162.30000023",
+                      "AccessionNumber": "ACC4455"})
+    if refused:
+        with pytest.raises(MeasuresError, match="refused"):
+            _check_path(path, phi)
+    else:
+        _check_path(path, phi)

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from dicom_helpers import MAGICKBOX, MagickboxProcess, OrthancPeer, StorescpPeer, make_study, process_bucket, storescu
 from pydicom.uid import generate_uid
 
+from magickbox.layout import DataLayout
 from magickbox.results.error_report import ENCAPSULATED_PDF
 from stability_collector.localgraphite import free_port, wait_for_port
 
@@ -223,10 +226,22 @@ def test_fail_over_and_retry_until_the_destination_comes_back(tmp_path):
                 else None), node=node)[0]
             assert "cannot connect" in retrying["last_error"] and retrying["next_try"] > time.time() - 1
             assert "retry in" in node.log()
+            # removing a job whose results wait for their destination is refused
+            auth = {"Authorization": f"Bearer {node.token}"}
+            refused = httpx.delete(f"{node.url}/api/jobs/{late_job['id']}", headers=auth, timeout=30)
+            assert refused.status_code == 409 and "still being routed" in refused.text, refused.text
             late.start()
             done = routed(node, late_job["id"], states=("sent",))[0]
             assert done["sent"] == 3 and done["attempts"] >= 3 and done["last_error"] == ""
             assert set(late.received()) == uids(second)
+            # once delivered it can go, and its routing rows go with it
+            assert httpx.delete(f"{node.url}/api/jobs/{late_job['id']}", headers=auth, timeout=30).status_code == 200
+            with sqlite3.connect(DataLayout.of(data).database) as db:
+                left = [db.execute(f"SELECT count(*) FROM {table} WHERE {where}", (late_job["id"],)).fetchone()[0]
+                        for table, where in (("route_plans", "job_id = ?"), ("route_sends", "job_id = ?"),
+                                             ("route_acks", "send_id IN (SELECT id FROM route_sends "
+                                                            "WHERE job_id = ?)"))]
+            assert left == [0, 0, 0]
         finally:
             node.stop()
             late.stop()
@@ -360,6 +375,8 @@ def test_a_partial_failure_is_recorded_per_file_and_retried_without_resending_th
             record = routed(node, job["id"])[0]
             assert (record["state"], record["sent"], record["failed"], record["attempts"]) == ("failed", 3, 1, 3)
             assert "1 file(s) not stored" in record["last_error"]
+            # no file name (a SOP UID for input routes) or peer text on the record or in the node log
+            assert "odd.dcm" not in record["last_error"] and "odd.dcm" not in node.log()
             log = (data / "jobs" / str(job["id"]) / "routing.log").read_text()
             assert log.count("output/odd.dcm: the peer accepted no presentation context") == 3   # once per attempt
             assert sorted(pacs.received()) == sorted(uids(good))         # each good file exactly once

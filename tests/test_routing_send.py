@@ -313,3 +313,55 @@ def test_route_cli_explains_and_echoes(tmp_path):
     assert out.returncode == 0 and out.stdout.startswith("OK ")
     out = magickbox("route", "echo", f"127.0.0.1:{free_port()}", "PACS")
     assert out.returncode == 1 and "cannot connect" in out.stdout
+
+
+def test_a_broken_output_file_matches_no_filter_instead_of_blocking_the_plan(tmp_path, monkeypatch):
+    """Found in review: a file pydicom fails on in another way than InvalidDicomError
+    (BytesLengthException is a RuntimeError, NotImplementedError for some encodings) made
+    planning raise on every pass."""
+    good = make_study(tmp_path / "out", 2, SeriesDescription="T1 MPRAGE")
+    broken = tmp_path / "out" / "broken.dcm"
+    broken.write_bytes(good[0].read_bytes())
+    real_dcmread = pydicom.dcmread
+
+    def dcmread(path, *args, **kwargs):
+        if Path(path) == broken:
+            raise NotImplementedError("an encoding pydicom cannot read")
+        return real_dcmread(path, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", dcmread)
+    which = parse_rules(_rules_for(1, 2, "T1.*")).rules[0].targets[0].which
+    assert select_files(good + [broken], which) == good
+
+
+def test_output_symlinks_are_never_listed_for_routing(tmp_path):
+    """Found in review: routing listed the output with rglob + is_file, which follows
+    symbolic links, so a bucket could route any file of the node (another study)."""
+    from magickbox.jobfiles import regular_files
+    secret = make_study(tmp_path / "archive", 1)[0]
+    out = tmp_path / "job" / "output"
+    (out / "sub").mkdir(parents=True)
+    (out / "report.dcm").write_bytes(secret.read_bytes())
+    (out / "link.dcm").symlink_to(secret)
+    (out / "sub" / "dirlink").symlink_to(secret.parent, target_is_directory=True)
+    assert [p.relative_to(out).as_posix() for p, _ in regular_files(out)] == ["report.dcm"]
+    (tmp_path / "outlink").symlink_to(out, target_is_directory=True)
+    assert list(regular_files(tmp_path / "outlink")) == []
+    import inspect
+
+    from magickbox.results import outflow
+    assert "regular_files(root)" in inspect.getsource(outflow.RouteStage.plan_job)
+
+
+def test_odd_port_values_are_refused_naming_the_key(tmp_path):
+    """Found in review: "²".isdigit() is True, so int() raised a bare ValueError."""
+    import json
+
+    from magickbox.config import ConfigError, build_node_config
+    with pytest.raises(RoutingError, match="'PORT' must be 1-65535"):
+        parse_rules(json.dumps({"routing": [{"AETitleIn": ".*", "send": [{".*": {
+            "IP": "h", "PORT": "\u00b2", "AETitleSender": "A", "AETitleTo": "B"}}]}]}), "routing.json")
+    with pytest.raises(ConfigError, match="routing.known_aes.PACS"):
+        build_node_config({"data_dir": str(tmp_path), "routing": {"known_aes": {"PACS": "host:\u00b2"}}})
+    with pytest.raises(ConfigError, match="routing.known_aes"):
+        build_node_config({"data_dir": str(tmp_path), "routing": {"known_aes": 5}})

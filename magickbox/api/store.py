@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sqlite3
-import stat
 import threading
 import time
 import uuid
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
+from ..jobfiles import regular_files
 from ..layout import DataLayout
 
 __all__ = ["NodeStore", "JobRecord", "BucketRecord", "JobQuery", "StoreConflict", "InstanceRejected",
@@ -390,19 +390,8 @@ class NodeStore:
 
     def _files_under(self, root: Path, prefix: str) -> Iterator[FileEntry]:
         """Regular files under ``root`` (no symlinks followed or served), sorted."""
-        if not root.is_dir() or root.is_symlink():
-            return
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames.sort()
-            rel = Path(dirpath).relative_to(root)
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    yield FileEntry(str(Path(prefix) / rel / name), path, st.st_size)
+        for path, size in regular_files(root):
+            yield FileEntry(str(Path(prefix) / path.relative_to(root)), path, size)
 
     def output_files(self, job_id: int) -> list[FileEntry]:
         """The committed result: ``output/**`` and ``processing.log``."""
@@ -474,9 +463,25 @@ class NodeStore:
                                              (job.study_uid,)).fetchone()[0]
             if receiving:
                 raise StoreConflict(f"the study of job {job_id} is being received right now")
+        tables = {r[0] for r in self._conn().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "route_sends" in tables and self._conn().execute(
+                "SELECT count(*) FROM route_sends WHERE job_id = ? AND state IN ('pending', 'sending')",
+                (job_id,)).fetchone()[0]:
+            raise StoreConflict(f"the results of job {job_id} are still being routed; wait, or remove it later")
         self._discard_dir(self._jobdir(job_id).path)
-        self.db.execute("DELETE FROM job_submissions WHERE job_id = ?", (job_id,))
-        self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        # the job's rows of the result stages go with it (measures carbon has not confirmed
+        # yet stay and are still delivered: a measure is never lost)
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            ("DELETE FROM job_submissions WHERE job_id = ?", (job_id,)),
+            ("DELETE FROM jobs WHERE id = ?", (job_id,))]
+        if "route_sends" in tables:
+            statements += [
+                ("DELETE FROM route_acks WHERE send_id IN (SELECT id FROM route_sends WHERE job_id = ?)", (job_id,)),
+                ("DELETE FROM route_sends WHERE job_id = ?", (job_id,)),
+                ("DELETE FROM route_plans WHERE job_id = ?", (job_id,))]
+        if "measure_points" in tables:
+            statements.append(("DELETE FROM measure_points WHERE job_id = ? AND delivered IS NOT NULL", (job_id,)))
+        self.db.transaction(statements)
         if with_study and job.study_uid:
             self._discard_dir(self.archive.root / job.study_uid)
             self._discard_dir(self.series.root / job.study_uid)

@@ -17,7 +17,7 @@ __all__ = ["ENCAPSULATED_PDF", "log_tail", "text_pdf", "write_error_report"]
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 LINES_PER_PAGE = 70
 MAX_LINE = 120
-_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+_COPIED = ("SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
            "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
 
 
@@ -94,9 +94,12 @@ def write_error_report(target: Path, job_id: int, status: str, message: str, log
     title = f"HOPS magickbox job {job_id}: {status}" + (f" - {message}" if message else "")
     pdf = text_pdf(title, ["End of processing.log:", ""] + log_tail(log_path))
     ds = Dataset()
-    for keyword in _COPIED:
-        if keyword in source:
-            setattr(ds, keyword, source[keyword].value)
+    for keyword in _COPIED:       # SpecificCharacterSet first, so names keep their characters
+        try:
+            if keyword in source:
+                setattr(ds, keyword, source[keyword].value)
+        except Exception:  # noqa: BLE001 - a broken attribute of the input is left out
+            continue
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                     "StudyID", "AccessionNumber", "ReferringPhysicianName"):
         if keyword not in ds:

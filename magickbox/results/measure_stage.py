@@ -41,7 +41,7 @@ import pydicom
 from stability_collector.core.errors import ConfigError
 from stability_collector.core.graphite import DeliveryError, GraphiteAddress, GraphiteSender, sanitize_node
 from stability_collector.core.values import parse_number, parse_string
-from stability_collector.core.whisper_check import missing_from_whisper
+from stability_collector.core.whisper_check import check_whisper_dir, missing_from_whisper
 from stability_collector.metrics import resolve_timezone
 
 from ..model import ACTIVE_STATUSES, JobStatus
@@ -236,11 +236,11 @@ def study_header(files: Iterable[Path]) -> tuple[dict[str, str], set[str]]:
     header: dict[str, str] | None = None
     phi: set[str] = set()
     problems = []
-    for path in files:
+    for number, path in enumerate(files, 1):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
         except Exception as exc:        # anything pydicom raises for a damaged file
-            problems.append(f"{path.name}: {type(exc).__name__}")
+            problems.append(f"input file {number}: {type(exc).__name__}")     # (file names are SOP UIDs)
             continue
         values = {k: _text(ds.get(k)).strip() for k in HEADER_KEYWORDS if ds.get(k) is not None}
         phi |= phi_values(values)
@@ -361,6 +361,8 @@ class MeasureStage:
         self.config = config
         self.tz = config.tz
         self.sender = GraphiteSender(graphite, timeout=sender_timeout) if graphite else None
+        if config.verify_whisper_dir:
+            check_whisper_dir(config.verify_whisper_dir, "measures.verify_whisper_dir")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)

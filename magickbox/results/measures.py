@@ -23,8 +23,9 @@
   lists the prefix under ``measures.prefixes``) may give its own ``prefix`` instead, e.g.
   to put phantom values into the ``hops.stability.<scanner>.<coil>`` tree.
 * Every path is checked against the study's identifying values (:func:`phi_values`): a
-  component that contains one of them, or looks like a UID or a date of birth, is
-  refused.  A refused measures file is reported with the reason and nothing is sent.
+  component that contains an identifier or date of the study (however punctuated) or a
+  word of a person's name, a path containing one of its UIDs, or a component that looks
+  like a UID or a date of birth, is refused.  A refused measures file is reported with the reason and nothing is sent.
 
 Delivery (confirmed, retried until carbon has them, across restarts) and the job record:
 :mod:`magickbox.results.measure_stage`.
@@ -167,31 +168,60 @@ class SubjectPolicy:
         return station or "unknown_station"
 
 
+#: identifying values that are person or institution names: compared word by word
+_NAME_KEYWORDS = {"PatientName", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
+                  "InstitutionName"}
+_UID_KEYWORDS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}
+
+
+def _alnum(text: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", text.lower())
+
+
 def phi_values(header: Mapping[str, str]) -> set[str]:
-    """Identifying values of the study (lower case, at least 3 characters), including the
-    parts of person names."""
+    """The study's identifying values as checks for :func:`_check_path`:
+
+    * ``word:<w>`` - a word (3+ characters) of a person or institution name: refused when a
+      path component has that word (split at anything not a letter or digit; ``Luc``
+      does not refuse ``fluctuation``);
+    * ``id:<v>`` - an identifier, date or whole name with only its letters and digits
+      (4+ of them): refused when a component contains it however it is punctuated
+      (``AB1234`` refuses ``ab-1234``, birth date ``19800101`` refuses ``1980-01-01``);
+    * ``uid:<u>`` - a UID's digits: refused when the path's letters and digits contain
+      them whole, however separated (its parts, e.g. a device serial number inside a
+      Siemens UID, are not identifying)."""
     values: set[str] = set()
     for key in PHI_KEYWORDS:
         text = str(header.get(key, "") or "").strip()
         if not text:
             continue
-        values.add(text.lower())
-        for part in re.split(r"[\^ ,.\\/=-]+", text):
-            if len(part) >= 3:
-                values.add(part.lower())
-    return {v for v in values if len(v) >= 3}
+        if key in _UID_KEYWORDS:
+            values.add(f"uid:{_alnum(text)}")
+            continue
+        whole = _alnum(text)
+        if len(whole) >= 4:
+            values.add(f"id:{whole}")
+        elif len(whole) == 3:
+            values.add(f"word:{whole}")
+        if key in _NAME_KEYWORDS:
+            values |= {f"word:{w}" for w in re.split(r"[^0-9a-z]+", text.lower()) if len(w) >= 3}
+    return values
 
 
 def _check_path(path: str, phi: set[str]) -> None:
+    refused = MeasuresError("a metric path would contain an identifying value of the study "
+                            "(patient, accession or UID field): refused")
+    whole_path = _alnum(path)
+    if any(v.startswith("uid:") and len(v) > 11 and v[4:] in whole_path for v in phi):
+        raise refused
     for index, component in enumerate(path.split(".")):
-        low = component.lower()
         if re.fullmatch(r"\d{8,}", component) or re.fullmatch(r"(19|20)\d{6}", component):
             # the component itself is not repeated: it may be an identifier
             raise MeasuresError(f"metric path component {index + 1} looks like a UID, an ID or a date: refused")
-        for value in phi:
-            if value in low:
-                raise MeasuresError("a metric path would contain an identifying value of the study "
-                                    "(patient, accession or UID field): refused")
+        words = {f"word:{w}" for w in re.split(r"[^0-9a-z]+", component.lower()) if w}
+        flat = _alnum(component)
+        if words & phi or any(v.startswith("id:") and v[3:] in flat for v in phi):
+            raise refused
 
 
 def study_time(header: Mapping[str, str], tz: dt.tzinfo | None) -> dt.datetime | None:

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ import gear
 
 from ..config import RoutingConfig
 from ..db import Database, Job
-from ..jobfiles import JobDir, read_proc_json
+from ..jobfiles import JobDir, read_proc_json, regular_files
 from ..layout import DataLayout
 from ..model import FINAL_STATUSES, JobStatus
 from ..periodic import Periodic
@@ -296,7 +297,7 @@ class RouteStage:
         report: Path | None = None
         for plan in plans:
             root = jobdir.input if plan.directory == "INPUT" else jobdir.result / "output"
-            files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+            files = [path for path, _size in regular_files(root)]     # never through a symlink
             extra: list[Path] = []
             if plan.rule.send_error_report and success.lower() not in ("success", "partial") and plan.sends:
                 if report is None:
@@ -332,9 +333,9 @@ class RouteStage:
         inputs = sorted(jobdir.input.rglob("*.dcm")) if jobdir.input.is_dir() else []
         try:
             return write_error_report(target, job.id, str(job.status), job.message, log_path, inputs)
-        except (ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the job is routed without its report
             explanation.append(f"  error report not made: {exc}")
-            log.warning("job %d: no error report: %s", job.id, exc)
+            log.warning("job %d: no error report: %s", job.id, type(exc).__name__)
             return None
 
     # -- sending --------------------------------------------------------------------------------
@@ -446,8 +447,11 @@ class RouteStage:
                      if outcome.get("acknowledged_before") else "")
             return
         if not error:
-            path, why = failed[0] if failed else ("?", "?")
-            error = f"{len(failed)} file(s) not stored; first: {Path(path).name}: {why}"
+            why = failed[0][1] if failed else ""
+            status = re.search(r"0x[0-9A-Fa-f]{4}", why)
+            # file names are SOP UIDs and a peer's comment is free text: both stay in routing.log
+            error = (f"{len(failed)} file(s) not stored (first: {status.group(0) if status else 'refused'}); "
+                     "details in the job's routing.log")
         self._after_failure(row, error, sent, len(failed))
 
     def _after_failure(self, row: dict[str, Any], error: str, sent: int, failed: int) -> None:

@@ -19,6 +19,7 @@ or that is not the send's current attempt, is skipped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -34,6 +35,8 @@ from ..store import FILE_MODE, make_private_dir
 from .send import Destination, FileResult, read_part10_header, send_files
 
 __all__ = ["ROUTE_FUNCTION", "SendFiles", "RouteRequest", "run_route_send", "HEARTBEAT_SECONDS", "STALE_SECONDS"]
+
+log = logging.getLogger("magickbox.route_worker")
 
 ROUTE_FUNCTION = "route"
 HEARTBEAT_SECONDS = 2.0
@@ -96,7 +99,12 @@ class SendFiles:
         except FileNotFoundError:
             return "none"
         except (OSError, ValueError):
-            return "stale"
+            # unreadable: stale only once nobody has touched it for STALE_SECONDS
+            try:
+                fresh = time.time() - self.active_path.stat().st_mtime <= STALE_SECONDS
+            except OSError:
+                return "none"
+            return "live" if fresh else "stale"
         if time.time() - st.st_mtime > STALE_SECONDS:
             return "stale"
         if claim.get("host") == socket.gethostname():
@@ -133,18 +141,24 @@ class SendFiles:
 def _claim(files: SendFiles, attempt: int, worker: str) -> bool:
     record = json.dumps({"attempt": attempt, "worker": worker, "host": socket.gethostname(), "pid": os.getpid(),
                          "started": time.time()})
-    for _ in range(2):
-        try:
-            fd = os.open(files.active_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        except FileExistsError:
-            if files.claim_state() == "live":
-                return False
-            files.remove_stale_claim()
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(record)
-        return True
-    return False
+    # written aside, then linked into place (never replaces): nobody sees a half-written claim
+    staged = files.active_path.with_name(f"{files.active_path.name}.new-{uuid.uuid4().hex[:8]}")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(record)
+    try:
+        for _ in range(2):
+            try:
+                os.link(staged, files.active_path)
+            except FileExistsError:
+                if files.claim_state() == "live":
+                    return False
+                files.remove_stale_claim()
+                continue
+            return True
+        return False
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def run_route_send(layout: DataLayout, request: RouteRequest, worker: str,
@@ -167,8 +181,10 @@ def run_route_send(layout: DataLayout, request: RouteRequest, worker: str,
         while not beating.wait(HEARTBEAT_SECONDS):
             try:
                 os.utime(files.active_path)
-            except OSError:
-                return
+            except FileNotFoundError:
+                return                      # the claim was taken away: nothing to keep alive
+            except OSError as exc:          # transient (e.g. a busy network share): keep beating
+                log.warning("send %d: claim heartbeat failed: %s", request.send_id, exc.strerror or exc)
 
     beat = threading.Thread(target=heartbeat, name=f"route-heartbeat-{request.send_id}", daemon=True)
     beat.start()

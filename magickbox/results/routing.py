@@ -308,7 +308,7 @@ def _target(where: str, pattern: str, spec: Any) -> RouteTarget:
         raise RoutingError(f"{where}: 'PORT' must be a number or \"$port\", not {port!r}")
     if bool(host) != bool(port):
         raise RoutingError(f"{where}: give both 'IP' and 'PORT', or neither (address from [routing.known_aes])")
-    if port and port not in ("$port", "$caller") and not (port.isdigit() and 0 < int(port) < 65536):
+    if port and port not in ("$port", "$caller") and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise RoutingError(f"{where}: 'PORT' must be 1-65535 or \"$port\", not {port!r}")
     which: list[tuple[tuple[int, re.Pattern[str]], ...]] = []
     raw_which = spec.get("which", [])
@@ -438,20 +438,17 @@ def select_files(files: Iterable[Path], which: Sequence[tuple[tuple[int, re.Patt
     if not which:
         return files
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     tags = sorted({tag for entry in which for tag, _ in entry})
     chosen = []
     for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=tags)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
-            continue
-        for entry in which:
-            if all((text := _tag_text(ds, tag)) is not None and pattern.fullmatch(text)
-                   for tag, pattern in entry):
+            if any(all((text := _tag_text(ds, tag)) is not None and pattern.fullmatch(text) for tag, pattern in entry)
+                   for entry in which):
                 chosen.append(path)
-                break
+        except Exception:     # not DICOM, or broken in any of pydicom's ways: matches no filter
+            continue
     return chosen
 
 

@@ -13,7 +13,25 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["missing_from_whisper", "whisper_file"]
+from .errors import ConfigError
+
+__all__ = ["check_whisper_dir", "missing_from_whisper", "whisper_file"]
+
+
+def check_whisper_dir(directory: str | Path, key: str) -> Path:
+    """At start-up: ``directory`` must be an absolute, existing directory and the
+    ``whisper`` module importable, else every datapoint would count as missing and be
+    sent again forever; :class:`ConfigError` naming ``key``."""
+    path = Path(directory)
+    if not path.is_absolute():
+        raise ConfigError(key, f"must be an absolute path (carbon's whisper directory), found {str(directory)!r}")
+    if not path.is_dir():
+        raise ConfigError(key, f"{path} is not a directory (carbon's LOCAL_DATA_DIR/whisper)")
+    try:
+        import whisper  # noqa: F401
+    except ImportError:
+        raise ConfigError(key, "needs the 'whisper' Python module to read carbon's files") from None
+    return path
 
 
 def whisper_file(whisper_dir: Path, metric: str) -> Path:
