@@ -3,7 +3,7 @@
 ``tests/tools/fuzz_stability_report.py`` is the harness: every input must either parse
 (into finite Graphite values) or raise the documented :class:`ReportParseError` naming
 the file and a line inside it; any other exception is a crash and an input running
-longer than 10 s a hang.  The default run fuzzes for 60 s; ``HOPS_FUZZ_SECONDS=3600``
+longer than 10 s a hang.  The default run fuzzes for 30 s; ``HOPS_FUZZ_SECONDS=3600``
 runs longer, ``HOPS_FUZZ_CORPUS=DIR`` keeps the grown corpus between runs.  Crashing
 inputs are saved in ``HOPS_FUZZ_ARTIFACTS`` (default ``.fuzz-artifacts/`` in the
 repository); to keep one as a regression, copy it into
@@ -26,7 +26,7 @@ from stability_collector.samples import render_report
 HARNESS = REPO / "tests" / "tools" / "fuzz_stability_report.py"
 DICTIONARY = REPO / "tests" / "data" / "fuzz" / "stability_report.dict"
 REGRESSIONS = REPO / "tests" / "data" / "fuzz" / "stability_report_regressions"
-FUZZ_SECONDS = int(os.environ.get("HOPS_FUZZ_SECONDS", "60"))
+FUZZ_SECONDS = int(os.environ.get("HOPS_FUZZ_SECONDS", "30"))
 ARTIFACTS = Path(os.environ.get("HOPS_FUZZ_ARTIFACTS", REPO / ".fuzz-artifacts")) / "stability_report"
 
 
