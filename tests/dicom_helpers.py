@@ -324,3 +324,28 @@ class OrthancPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def associate_rq(called: str = "ProcQA", calling: str = "SCANNER", calling_raw: bytes | None = None) -> bytes:
+    """An encoded A-ASSOCIATE-RQ proposing Verification (``calling_raw`` replaces the
+    16 bytes of the calling AE title, bypassing any validation)."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+    from pynetdicom.sop_class import Verification
+    primitive = A_ASSOCIATE()
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    primitive.user_information = [max_length]
+    context = build_context(Verification)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    data = bytearray(pdu.encode())
+    if calling_raw is not None:
+        data[26:42] = calling_raw.ljust(16, b" ")[:16]
+    return bytes(data)

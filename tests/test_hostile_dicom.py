@@ -29,7 +29,7 @@ from typing import Callable
 
 import pydicom
 import pytest
-from dicom_helpers import MagickboxProcess, dataset_bytes, make_study, storescu, write_bucket
+from dicom_helpers import MagickboxProcess, associate_rq, dataset_bytes, make_study, storescu, write_bucket
 from hostile_peers import Answer, RawAssociation, c_store_command, connect_from, p_data, read_answer
 from pynetdicom.dsutils import encode
 
@@ -42,27 +42,6 @@ WRITE_SYSCALLS = ("open,openat,openat2,creat,mkdir,mkdirat,rename,renameat,renam
                   "symlinkat,unlink,unlinkat,rmdir,truncate,chmod,fchmodat,chown,lchown,fchownat,mknod,mknodat,"
                   "utimensat,setxattr,lsetxattr,removexattr,lremovexattr,chdir")
 _WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
-
-
-def associate_rq(called: str = "ProcQA", calling: str = "HOSTILE") -> bytes:
-    """An encoded A-ASSOCIATE-RQ proposing Verification."""
-    from pynetdicom.pdu import A_ASSOCIATE_RQ
-    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-    from pynetdicom.presentation import build_context
-    from pynetdicom.sop_class import Verification
-    primitive = A_ASSOCIATE()
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = called
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 16384
-    primitive.user_information = [max_length]
-    context = build_context(Verification)
-    context.context_id = 1
-    primitive.presentation_context_definition_list = [context]
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return pdu.encode()
 
 
 @dataclass
@@ -164,7 +143,7 @@ class Scenario:
 
     # -- the cases -------------------------------------------------------------------------------
     def build(self) -> "Scenario":
-        rq = associate_rq()
+        rq = associate_rq(calling="HOSTILE")
         sop = str(self.ds.SOPInstanceUID)
         long_uid = ".".join(["1"] * 500)
         nul_uid = "1.2.3\x00/../../tmp/hops-hostile"
@@ -232,7 +211,7 @@ class Scenario:
                  r"connection from {ip}: unexpected P-DATA-TF PDU")
         self.add("A-RELEASE-RQ before an association", self.raw(b"\x05\x00" + struct.pack(">I", 4) + bytes(4)),
                  aborted, r"connection from {ip}: unexpected A-RELEASE-RQ PDU")
-        self.add("called AE title ../../etc", self.raw(associate_rq(called="../../etc")), rejected,
+        self.add("called AE title ../../etc", self.raw(associate_rq(called="../../etc", calling="HOSTILE")), rejected,
                  r"rejected association from HOSTILE \({ip}\) to \.\./\.\./etc")
         # during an association
         self.add("silent association", self.associated(b""), aborted_when_idle,

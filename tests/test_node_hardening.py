@@ -18,7 +18,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pydicom
-from dicom_helpers import MagickboxProcess, dataset_bytes, make_study, storescu, write_bucket
+from dicom_helpers import MagickboxProcess, associate_rq, dataset_bytes, make_study, storescu, write_bucket
 
 #: documented bound (README, "Hostile peers") for what the flood of
 #: test_flood_of_stalled_and_silent_peers_and_a_4gb_pdu adds to the idle node's RSS while
@@ -26,31 +26,6 @@ from dicom_helpers import MagickboxProcess, dataset_bytes, make_study, storescu,
 RSS_GROWTH_BOUND_MB = 60
 
 A_ABORT_PREFIX = b"\x07\x00\x00\x00\x00\x04"
-
-
-def associate_rq(called: str = "ProcQA", calling: str = "SCANNER", calling_raw: bytes | None = None) -> bytes:
-    """An encoded A-ASSOCIATE-RQ proposing Verification (``calling_raw`` replaces the
-    16 bytes of the calling AE title, bypassing any validation)."""
-    from pynetdicom.pdu import A_ASSOCIATE_RQ
-    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-    from pynetdicom.presentation import build_context
-    from pynetdicom.sop_class import Verification
-    primitive = A_ASSOCIATE()
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = called
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 16384
-    primitive.user_information = [max_length]
-    context = build_context(Verification)
-    context.context_id = 1
-    primitive.presentation_context_definition_list = [context]
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    data = bytearray(pdu.encode())
-    if calling_raw is not None:
-        data[26:42] = calling_raw.ljust(16, b" ")[:16]
-    return bytes(data)
 
 
 def connect_from(source: str, port: int, timeout: float = 10) -> socket.socket:
