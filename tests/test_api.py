@@ -564,7 +564,9 @@ def test_schemathesis_finds_no_server_error(tmp_path):
         node.stop()
     summary = run.stdout[-3000:]
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-3000:]
-    assert "Traceback" not in log and " 500" not in log, log[-3000:]
+    # the node logs no unhandled error (schemathesis itself checks the 5xx answers; the node has
+    # no access log, and the old check for any " 500" matched "HTTP on port 50065" once)
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
     assert "passed" in summary or "No issues found" in summary, summary
 
 
