@@ -64,11 +64,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))            # MagickboxProcess, process_bucket
 
 import pydicom  # noqa: E402
-from bench_receive import ENV, MAGICKBOX, build_fsync_shim, stop  # noqa: E402
+from bench_receive import ENV, MAGICKBOX, build_fsync_shim, generate_study, stop  # noqa: E402
 from benchlib import TreeMemory, emit, percentile, reset_peak_rss, row, rss_mb, wait_until  # noqa: E402
 from dicom_helpers import MagickboxProcess, process_bucket  # noqa: E402
-from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
 
 from magickbox.api.tokens import TokenStore  # noqa: E402
 from magickbox.layout import DataLayout  # noqa: E402
@@ -95,31 +93,13 @@ class Study:
 
 
 def generate_studies(directory: Path, studies: int, images: int, size_kb: int) -> list[Study]:
-    """``studies`` studies of ``images`` MR images of about ``size_kb`` KB each (random
-    pixels, fresh UIDs), one series each, one directory per study."""
-    base = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    if (0xFFFC, 0xFFFC) in base:            # dcmtk drops trailing padding when sending
-        del base[0xFFFCFFFC]
-    side = max(8, int((size_kb * 1024 / 2) ** 0.5))
-    base.Rows = base.Columns = side
+    """``studies`` studies of ``images`` MR images of about ``size_kb`` KB each (bench_receive's
+    generator, fresh UIDs), one series each, one directory per study."""
     out = []
     for s in range(studies):
-        folder = directory / f"study{s:04d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        study_uid, series_uid = generate_uid(), generate_uid()
-        files, sops = [], []
-        for i in range(images):
-            ds = base.copy()
-            ds.PixelData = os.urandom(side * side * 2)
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-            ds.SOPInstanceUID = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.InstanceNumber = i + 1
-            path = folder / f"img{i:05d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            files.append(path)
-            sops.append(str(ds.SOPInstanceUID))
-        out.append(Study(study_uid, files, sops))
+        files = generate_study(directory / f"study{s:04d}", images, size_kb)
+        headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        out.append(Study(str(headers[0].StudyInstanceUID), files, [str(h.SOPInstanceUID) for h in headers]))
     return out
 
 
